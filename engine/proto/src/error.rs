@@ -1,0 +1,3 @@
+//! placeholder
+/// placeholder
+#[derive(Debug)] pub struct Error;

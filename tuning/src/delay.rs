@@ -1,0 +1,223 @@
+//! The delay-based engine behind `fair`, `high` and `low`.
+//!
+//! The law is FAST TCP's (Wei, Jin, Low, Hegde 2006) in window form,
+//! `w ← w + γ·(base_rtt/rtt · w + α − w)` once per round trip, with the window enforced on
+//! bytes in flight (a self-clock, which is what keeps a delayed rate loop stable at 600 ms)
+//! and the pacing rate `w / rtt` smoothing the departures. At equilibrium each flow keeps
+//! `α` bytes of its own in the bottleneck queue, so flows with equal `α` share evenly and a
+//! flow with `2α` takes twice as much; random loss does not move the window at all.
+//!
+//! Against a buffer-filling TCP flow a pure delay-based flow starves. Like Copa's
+//! competitive mode, a flow allowed to compete notices queue-overflow loss (loss while the
+//! queue is near the deepest it has been) and then runs Reno's AIMD on its window until
+//! the queue drains again.
+
+use core::time::Duration;
+
+use crate::controller::{Controller, PathSignal, RateLimits};
+use crate::filter::{BaseDelay, WindowedMax};
+use crate::Timestamp;
+
+/// Parameters of a delay-based controller.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DelayConfig {
+    /// Bytes this flow aims to keep queued at the bottleneck.
+    pub alpha: f64,
+    /// Fraction of the distance to the equilibrium window closed per round trip.
+    pub gamma: f64,
+    /// Switch to AIMD when a buffer-filling flow shares the bottleneck.
+    pub competitive: bool,
+    /// Additive increase in competitive mode, datagrams per round trip.
+    pub competitive_increase: f64,
+    /// Multiplicative decrease in competitive mode.
+    pub competitive_beta: f64,
+    /// Bytes per datagram.
+    pub mss: f64,
+    /// Rate before the path has said anything, bytes per second.
+    pub initial_rate: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Startup,
+    Steady,
+    Competitive,
+}
+
+/// A delay-based window-and-rate controller (see the module docs).
+#[derive(Clone, Debug)]
+pub struct DelayBased {
+    cfg: DelayConfig,
+    limits: RateLimits,
+    phase: Phase,
+    /// Window in bytes.
+    window: f64,
+    base: BaseDelay,
+    queue_delay: f64,
+    min_rtt: f64,
+    capacity: WindowedMax,
+    /// The deepest queue seen lately, in seconds; decays slowly.
+    queue_max: f64,
+    last_update: Option<Timestamp>,
+    last_cut: Timestamp,
+    /// Since when the queue has stayed low while competing.
+    drained_since: Option<Timestamp>,
+}
+
+const MIN_RTT_FLOOR: f64 = 0.001;
+
+impl DelayBased {
+    /// A controller with `cfg`, starting within `limits`.
+    pub fn new(cfg: DelayConfig, limits: RateLimits) -> Self {
+        let window = cfg.initial_rate * 0.1;
+        DelayBased {
+            limits,
+            phase: Phase::Startup,
+            window,
+            base: BaseDelay::new(Duration::from_secs(60), 10),
+            queue_delay: 0.0,
+            min_rtt: f64::INFINITY,
+            capacity: WindowedMax::new(Duration::from_secs(10)),
+            queue_max: 0.0,
+            last_update: None,
+            last_cut: Timestamp::ZERO,
+            drained_since: None,
+            cfg,
+        }
+    }
+
+    fn rtt(&self) -> f64 {
+        self.base_rtt() + self.queue_delay
+    }
+
+    fn base_rtt(&self) -> f64 {
+        if self.min_rtt.is_finite() {
+            self.min_rtt.max(MIN_RTT_FLOOR)
+        } else {
+            0.1
+        }
+    }
+
+    fn clamp_window(&mut self) {
+        let rtt = self.rtt();
+        let max = self.limits.target_bps as f64 / 8.0 * rtt + self.cfg.alpha;
+        let min = (self.limits.min_bps as f64 / 8.0 * rtt).max(2.0 * self.cfg.mss);
+        self.window = self.window.clamp(min, max.max(min));
+    }
+
+    fn congestion_loss(&self, signal: &PathSignal) -> bool {
+        signal.lost_bytes > 0
+            && self.queue_delay >= 0.005
+            && self.queue_delay >= 0.5 * self.queue_max
+    }
+}
+
+impl Controller for DelayBased {
+    fn on_sent(&mut self, _now: Timestamp, _bytes: usize) {}
+
+    fn on_feedback(&mut self, now: Timestamp, signal: &PathSignal) {
+        let dt = self
+            .last_update
+            .map_or(0.0, |t| now.saturating_since(t).as_secs_f64());
+        self.last_update = Some(now);
+        let min_rtt = signal.min_rtt.as_secs_f64();
+        if min_rtt > 0.0 {
+            self.min_rtt = min_rtt;
+        }
+        if let Some(owd) = signal.owd_us {
+            let base = self.base.update(now, owd);
+            self.queue_delay = (owd - base).max(0) as f64 / 1e6;
+        }
+        // The deepest queue decays over ~10 s so a vanished competitor is forgotten.
+        self.queue_max = (self.queue_max * (1.0 - dt / 10.0).max(0.0)).max(self.queue_delay);
+        if let Some(c) = signal.capacity {
+            self.capacity.update(now, c);
+        }
+        let rtt = self.rtt();
+        let per_rtt = (dt / rtt).min(1.0);
+
+        match self.phase {
+            Phase::Startup => {
+                if let Some(c) = self.capacity.get() {
+                    // Jump start: fill the pipe the bursts measured, half of it if a queue
+                    // already stands (someone else is there).
+                    let share = if self.queue_delay > 0.002 { 0.5 } else { 1.0 };
+                    self.window = self.window.max(c * share * self.base_rtt() + self.cfg.alpha);
+                    self.phase = Phase::Steady;
+                } else if self.queue_delay > 0.005 || signal.lost_bytes > 0 {
+                    self.phase = Phase::Steady;
+                } else {
+                    self.window *= 2f64.powf(per_rtt);
+                }
+            }
+            Phase::Steady => {
+                if self.cfg.competitive && self.congestion_loss(signal) {
+                    self.phase = Phase::Competitive;
+                    self.window *= self.cfg.competitive_beta;
+                    self.last_cut = now;
+                    self.drained_since = None;
+                } else {
+                    let target = self.base_rtt() / rtt * self.window + self.cfg.alpha;
+                    let next = self.window + self.cfg.gamma * per_rtt * (target - self.window);
+                    self.window = next.min(self.window * 2f64.powf(per_rtt));
+                }
+            }
+            Phase::Competitive => {
+                if self.congestion_loss(signal) {
+                    if now.saturating_since(self.last_cut).as_secs_f64() > rtt {
+                        self.window *= self.cfg.competitive_beta;
+                        self.last_cut = now;
+                    }
+                } else {
+                    self.window += self.cfg.competitive_increase * self.cfg.mss * per_rtt;
+                }
+                // Back to delay-based once the queue has stayed near what our own alpha
+                // explains for several round trips: the buffer filler is gone.
+                let own = self.cfg.alpha / (self.window / rtt).max(1.0);
+                if self.queue_delay <= (2.0 * own).max(0.002) {
+                    let since = *self.drained_since.get_or_insert(now);
+                    if now.saturating_since(since).as_secs_f64() > 4.0 * rtt {
+                        self.phase = Phase::Steady;
+                    }
+                } else {
+                    self.drained_since = None;
+                }
+            }
+        }
+        self.clamp_window();
+    }
+
+    fn on_silence(&mut self, _now: Timestamp, _since: Duration) {
+        self.window *= 0.5;
+        self.clamp_window();
+    }
+
+    fn set_limits(&mut self, limits: RateLimits) {
+        self.limits = limits;
+        self.clamp_window();
+    }
+
+    fn limits(&self) -> RateLimits {
+        self.limits
+    }
+
+    fn rate(&self) -> f64 {
+        self.limits.clamp_bytes(self.window / self.rtt())
+    }
+
+    fn window(&self) -> Option<f64> {
+        Some(self.window)
+    }
+
+    fn queue_delay(&self) -> Option<Duration> {
+        Some(Duration::from_secs_f64(self.queue_delay))
+    }
+
+    fn phase(&self) -> &'static str {
+        match self.phase {
+            Phase::Startup => "startup",
+            Phase::Steady => "steady",
+            Phase::Competitive => "competitive",
+        }
+    }
+}

@@ -8,12 +8,23 @@
 //! - [`wire`]: the datagram format and its decoder (see `docs/protocol.md`).
 //! - [`crypto`]: per-direction keys and in-place sealing (AES-GCM, or CRC32 for `none`).
 //! - [`replay`]: the anti-replay window.
+//! - [`manifest`]: the files and the block grid over them.
+//! - [`sender`] and [`receiver`]: the two state machines of a session.
 #![warn(missing_docs)]
 
+pub mod blockset;
 pub mod crypto;
 pub mod error;
+pub mod manifest;
+pub mod receiver;
 pub mod replay;
+pub mod sender;
+pub mod session;
 pub mod wire;
 
 pub use error::Error;
 pub use ferry_tuning::Timestamp;
+pub use manifest::Manifest;
+pub use receiver::{Delivery, Receiver, ReceiverConfig, ReceiverEvent};
+pub use sender::{Sender, SenderConfig, SenderEvent, Transmit, TxBuffer, TxBuffers};
+pub use session::{Failure, FailureCode};

@@ -1,0 +1,766 @@
+//! The sending side of a session: block scheduling, pacing, retransmission and the tail.
+//!
+//! The sender walks the manifest's blocks in order, asks the caller to read each one into a
+//! slot of its packet buffers ([`SenderEvent::Read`]), and when the pacer allows, seals the
+//! slot in place and hands it out ([`Sender::poll_transmit`]). Blocks the receiver NACKs are
+//! read again and go ahead of new data, within the same pacing budget; the file is never
+//! held in memory, only a bounded window of block numbers.
+//!
+//! The end of a transfer is the hard case: the last blocks have nothing behind them to
+//! reveal their loss, and the link idles while they are recovered. Two things shorten it:
+//! the final block leaves with redundant copies and is probed again if the receiver has
+//! not seen it after a probe timeout, and once no new data is left, each re-sent block
+//! takes a few copies into the otherwise idle capacity, as many as the measured loss rate
+//! says are needed, within a redundancy budget.
+
+use core::time::Duration;
+use std::collections::{BTreeSet, HashSet, VecDeque};
+
+use ferry_tuning::{CapLease, Controller, PathSignal, Policy, PolicyController, RateLimits};
+
+use crate::crypto::{Aead, Cipher, DefaultAead, Direction, PacketKey};
+use crate::manifest::Manifest;
+use crate::session::{DropCounters, Failure, FailureCode, Inbound, RttEstimator};
+use crate::wire::{self, data_flags, BlockRef, Close, Feedback, Header, Kind, Packet};
+use crate::Timestamp;
+
+/// How a sender is set up; both sides agree on it over the control channel.
+#[derive(Clone, Debug)]
+pub struct SenderConfig {
+    /// Session id carried in every datagram.
+    pub session: u32,
+    /// Cipher for both directions.
+    pub cipher: Cipher,
+    /// The session secret both directions' keys derive from.
+    pub secret: [u8; 32],
+    /// Direction of the data (this side seals with it; feedback opens with the other).
+    pub direction: Direction,
+    /// Rate policy.
+    pub policy: Policy,
+    /// Target and minimum rate.
+    pub limits: RateLimits,
+    /// Most blocks beyond the receiver's contiguous point that may be in flight: bounds the
+    /// memory of both sides whatever the file size.
+    pub window_blocks: u64,
+    /// Packet buffers (slots) the sender reads ahead into.
+    pub read_ahead: u32,
+    /// Datagrams per paced burst.
+    pub burst: u32,
+    /// Fail when nothing authentic arrives from the receiver for this long.
+    pub data_timeout: Duration,
+    /// Send a keepalive when nothing else left for this long.
+    pub keepalive_interval: Duration,
+    /// Round-trip guess before the first measurement (the control channel's RTT).
+    pub initial_rtt: Duration,
+    /// Share of the payload the tail may spend on redundant copies.
+    pub tail_redundancy: f64,
+}
+
+impl SenderConfig {
+    /// Defaults for everything but the session identity.
+    pub fn new(session: u32, cipher: Cipher, secret: [u8; 32], direction: Direction) -> Self {
+        SenderConfig {
+            session,
+            cipher,
+            secret,
+            direction,
+            policy: Policy::Fair,
+            limits: RateLimits::new(10_000_000_000, 0),
+            window_blocks: 1 << 18,
+            read_ahead: 64,
+            burst: 4,
+            data_timeout: Duration::from_secs(60),
+            keepalive_interval: Duration::from_millis(500),
+            initial_rtt: Duration::from_millis(200),
+            tail_redundancy: 0.01,
+        }
+    }
+}
+
+/// What the sender asks of its caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SenderEvent {
+    /// Read `block` into slot `slot` of the packet buffers, at
+    /// `[wire::DATA_HEADER_LEN .. wire::DATA_HEADER_LEN + block.len]`, then call
+    /// [`Sender::handle_read_done`]. Until then the slot belongs to the read.
+    Read {
+        /// Packet buffer index, below `read_ahead`.
+        slot: u32,
+        /// The bytes to read.
+        block: BlockRef,
+    },
+    /// The receiver holds every byte; the session is over.
+    Complete,
+    /// The session failed; nothing more will happen.
+    Failed(Failure),
+}
+
+/// Where a transmit's bytes are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxBuffer {
+    /// In packet buffer `slot` (a data datagram).
+    Slot(u32),
+    /// In the control buffer.
+    Control,
+}
+
+/// A datagram ready to go: `len` bytes at the front of `buffer`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// Which buffer.
+    pub buffer: TxBuffer,
+    /// Datagram length.
+    pub len: usize,
+}
+
+/// The caller's packet buffers: one per read-ahead slot, each at least
+/// `DATA_HEADER_LEN + block_size + trailer` long, and one control buffer of at least a
+/// keepalive or close datagram.
+pub trait TxBuffers {
+    /// Packet buffer `slot`.
+    fn slot(&mut self, slot: u32) -> &mut [u8];
+    /// The control buffer.
+    fn control(&mut self) -> &mut [u8];
+}
+
+/// Counters of a sender, for reports and the simulator's metrics.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SenderStats {
+    /// Datagrams sent, all kinds.
+    pub datagrams: u64,
+    /// Bytes of all datagrams sent.
+    pub wire_bytes: u64,
+    /// Payload bytes sent for the first time.
+    pub new_bytes: u64,
+    /// Payload bytes re-sent after a NACK or probe.
+    pub resent_bytes: u64,
+    /// Payload bytes of redundant tail copies.
+    pub copy_bytes: u64,
+    /// Blocks NACKed by the receiver.
+    pub nacked_blocks: u64,
+    /// Feedback datagrams accepted.
+    pub feedbacks: u64,
+    /// Probe timeouts fired.
+    pub probes: u64,
+    /// When the first data datagram left.
+    pub first_data_at: Option<Timestamp>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    New,
+    Resend,
+    Copy,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Ready {
+    slot: u32,
+    block: u64,
+    origin: Origin,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Sending,
+    /// Sending close datagrams: `left` more, with `code`.
+    Closing { code: u16, left: u8 },
+    Done,
+}
+
+/// The sending side of one session. See the module docs.
+pub struct Sender<A: Aead = DefaultAead> {
+    cfg: SenderConfig,
+    manifest: Manifest,
+    seal: PacketKey<A>,
+    inbound: Inbound<A>,
+    controller: PolicyController,
+    pacer: Pacer,
+    cap: Option<CapLease>,
+    rtt: RttEstimator,
+    state: State,
+    events: VecDeque<SenderEvent>,
+    stats: SenderStats,
+
+    next_pn: u64,
+    /// Next block never yet read for sending.
+    next_new: u64,
+    /// Highest block sent, plus one.
+    sent_frontier: u64,
+    /// From feedback: every block below is held.
+    cum: u64,
+    /// From feedback: one past the highest block held.
+    highest: u64,
+    /// From feedback: blocks missing below `highest`.
+    missing: u64,
+
+    /// NACKed blocks waiting for a read, lowest first.
+    resend_order: BTreeSet<u64>,
+    /// NACKed blocks not yet re-sent (in `resend_order`, being read, or ready).
+    resend_pending: HashSet<u64>,
+    /// Redundant copies waiting for a read.
+    copies: VecDeque<u64>,
+    free_slots: Vec<u32>,
+    ready_urgent: VecDeque<Ready>,
+    ready_new: VecDeque<Ready>,
+    /// Slot → what is being read into it.
+    reading: Vec<Option<(u64, Origin)>>,
+
+    sent_payload: u64,
+    acked_payload: u64,
+    nacked_payload: u64,
+    sent_blocks: u64,
+    copy_budget: u64,
+
+    last_send: Timestamp,
+    last_data_send: Timestamp,
+    last_recv: Timestamp,
+    last_feedback: Timestamp,
+    last_silence: Timestamp,
+    last_fb_recv_us: Option<(u64, u64)>,
+    probe_deadline: Option<Timestamp>,
+    probe_backoff: u32,
+}
+
+use ferry_tuning::Pacer;
+
+impl<A: Aead> Sender<A> {
+    /// A sender of `manifest` starting at `now`.
+    pub fn new(cfg: SenderConfig, manifest: Manifest, now: Timestamp) -> Self {
+        let seal = PacketKey::new(&cfg.secret, cfg.cipher, cfg.direction);
+        let open = PacketKey::new(&cfg.secret, cfg.cipher, cfg.direction.reverse());
+        let mss = manifest.block_size() as usize;
+        let copy_budget = (manifest.total_bytes() as f64 * cfg.tail_redundancy) as u64;
+        Sender {
+            controller: PolicyController::new(cfg.policy, cfg.limits, mss),
+            pacer: Pacer::new(cfg.burst),
+            cap: None,
+            rtt: RttEstimator::new(cfg.initial_rtt),
+            inbound: Inbound::new(open, cfg.session),
+            seal,
+            state: State::Sending,
+            events: VecDeque::new(),
+            stats: SenderStats::default(),
+            next_pn: 0,
+            next_new: 0,
+            sent_frontier: 0,
+            cum: 0,
+            highest: 0,
+            missing: 0,
+            resend_order: BTreeSet::new(),
+            resend_pending: HashSet::new(),
+            copies: VecDeque::new(),
+            free_slots: (0..cfg.read_ahead.max(1)).rev().collect(),
+            ready_urgent: VecDeque::new(),
+            ready_new: VecDeque::new(),
+            reading: vec![None; cfg.read_ahead.max(1) as usize],
+            sent_payload: 0,
+            acked_payload: 0,
+            nacked_payload: 0,
+            sent_blocks: 0,
+            copy_budget,
+            last_send: now,
+            last_data_send: now,
+            last_recv: now,
+            last_feedback: now,
+            last_silence: now,
+            last_fb_recv_us: None,
+            probe_deadline: None,
+            probe_backoff: 0,
+            manifest,
+            cfg,
+        }
+    }
+
+    /// Draws from a host-wide cap from now on.
+    pub fn set_cap(&mut self, lease: CapLease) {
+        self.cap = Some(lease);
+    }
+
+    /// New target and minimum rate, effective for the next datagram.
+    pub fn set_limits(&mut self, limits: RateLimits) {
+        self.controller.set_limits(limits);
+    }
+
+    /// New policy, effective for the next datagram.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.controller
+            .set_policy(policy, self.manifest.block_size() as usize);
+    }
+
+    /// The rate controller, for reports.
+    pub fn controller(&self) -> &PolicyController {
+        &self.controller
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &SenderStats {
+        &self.stats
+    }
+
+    /// Inbound datagrams dropped, by reason.
+    pub fn drops(&self) -> &DropCounters {
+        &self.inbound.drops
+    }
+
+    /// The RTT estimate.
+    pub fn rtt(&self) -> &RttEstimator {
+        &self.rtt
+    }
+
+    /// The manifest being sent.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Whether the session is over (completed or failed).
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Payload bytes in flight: sent, neither reported received nor reported lost.
+    pub fn in_flight(&self) -> u64 {
+        self.sent_payload
+            .saturating_sub(self.acked_payload)
+            .saturating_sub(self.nacked_payload)
+    }
+
+    /// Cancels the session: a close goes to the receiver and [`SenderEvent::Failed`] out.
+    pub fn cancel(&mut self, now: Timestamp) {
+        self.fail(now, FailureCode::Cancelled, "cancelled".into());
+    }
+
+    fn fail(&mut self, _now: Timestamp, code: FailureCode, reason: String) {
+        if !matches!(self.state, State::Sending) {
+            return;
+        }
+        self.state = State::Closing {
+            code: code.close_code(),
+            left: 2,
+        };
+        self.events
+            .push_back(SenderEvent::Failed(Failure { code, reason }));
+    }
+
+    /// A datagram from the receiver. `datagram` is opened in place; the caller may reuse it
+    /// on return. Call [`poll_event`](Self::poll_event), [`poll_transmit`](Self::poll_transmit)
+    /// and [`poll_timeout`](Self::poll_timeout) again afterwards.
+    pub fn handle_datagram(&mut self, now: Timestamp, datagram: &mut [u8]) {
+        let Some(packet) = self.inbound.open(datagram) else {
+            return;
+        };
+        self.last_recv = now;
+        match packet {
+            Packet::Feedback { feedback, .. } => self.on_feedback(now, &feedback),
+            Packet::Close { close, .. } => {
+                if close.code == wire::close_code::COMPLETE {
+                    self.complete();
+                } else if self.state == State::Sending {
+                    self.state = State::Done;
+                    self.events.push_back(SenderEvent::Failed(Failure {
+                        code: FailureCode::PeerAborted,
+                        reason: format!("receiver closed the session (code {})", close.code),
+                    }));
+                }
+            }
+            Packet::Keepalive { .. } => {}
+            Packet::Data { .. } => self.inbound.unexpected(),
+        }
+    }
+
+    fn complete(&mut self) {
+        if self.state == State::Sending {
+            self.state = State::Closing {
+                code: wire::close_code::COMPLETE,
+                left: 2,
+            };
+            self.events.push_back(SenderEvent::Complete);
+        }
+    }
+
+    fn on_feedback(&mut self, now: Timestamp, fb: &Feedback) {
+        self.stats.feedbacks += 1;
+        self.last_feedback = now;
+        let fresh = self
+            .last_fb_recv_us
+            .is_none_or(|(t, _)| fb.recv_time_us >= t);
+        if fb.recv_bytes > 0 && fresh {
+            let sample = now
+                .as_micros()
+                .saturating_sub(fb.echo_ts_us)
+                .saturating_sub(u64::from(fb.echo_delay_us));
+            self.rtt.update(Duration::from_micros(sample.max(1)));
+        }
+        let total = self.manifest.total_blocks();
+        let cum = fb.cum_block.min(total);
+        if cum > self.cum {
+            self.cum = cum;
+            let keep = self.resend_order.split_off(&cum);
+            for b in std::mem::replace(&mut self.resend_order, keep) {
+                self.resend_pending.remove(&b);
+            }
+        }
+        let highest = fb.highest_block.min(self.sent_frontier);
+        if highest > self.highest {
+            self.highest = highest;
+            self.probe_backoff = 0;
+            self.probe_deadline =
+                (self.sent_frontier > highest).then(|| now + self.probe_timeout());
+        }
+        if fresh {
+            self.missing = fb.missing_blocks;
+        }
+        let mut lost = 0u64;
+        for r in &fb.nacks {
+            let first = r.first.max(self.cum);
+            let end = r.first.saturating_add(u64::from(r.count)).min(self.sent_frontier);
+            for b in first..end {
+                let len = u64::from(self.manifest.block(b).len);
+                lost += len;
+                self.stats.nacked_blocks += 1;
+                if self.resend_pending.insert(b) {
+                    self.resend_order.insert(b);
+                }
+            }
+        }
+        self.nacked_payload += lost;
+        let mut delivered = 0;
+        let mut delivery_rate = None;
+        if fresh {
+            if let Some((t0, b0)) = self.last_fb_recv_us {
+                delivered = fb.recv_bytes.saturating_sub(b0);
+                let dt = fb.recv_time_us.saturating_sub(t0);
+                if dt > 0 {
+                    delivery_rate = Some(delivered as f64 * 1e6 / dt as f64);
+                }
+            }
+            self.acked_payload = self.acked_payload.max(fb.recv_bytes);
+            self.last_fb_recv_us = Some((fb.recv_time_us, fb.recv_bytes));
+        }
+        let signal = PathSignal {
+            owd_us: if fresh { fb.owd_min_us } else { None },
+            srtt: self.rtt.srtt(),
+            min_rtt: self.rtt.min(),
+            delivery_rate,
+            capacity: (fb.pair_rate > 0).then_some(fb.pair_rate as f64),
+            lost_bytes: lost,
+            delivered_bytes: delivered,
+        };
+        self.controller.on_feedback(now, &signal);
+        if fb.complete {
+            self.complete();
+        }
+    }
+
+    /// Reports a finished read of `slot`. On error the session fails.
+    pub fn handle_read_done(&mut self, now: Timestamp, slot: u32, result: Result<(), String>) {
+        let Some((block, origin)) = self.reading.get_mut(slot as usize).and_then(Option::take)
+        else {
+            return;
+        };
+        if let Err(e) = result {
+            self.free_slots.push(slot);
+            let r = self.manifest.block(block);
+            self.fail(
+                now,
+                FailureCode::ReadFailed,
+                format!("reading file {} at {}: {e}", r.file, r.offset),
+            );
+            return;
+        }
+        let ready = Ready {
+            slot,
+            block,
+            origin,
+        };
+        match origin {
+            Origin::New => self.ready_new.push_back(ready),
+            Origin::Resend | Origin::Copy => self.ready_urgent.push_back(ready),
+        }
+    }
+
+    /// The next thing the caller must do: a disk read, or the end of the session.
+    pub fn poll_event(&mut self) -> Option<SenderEvent> {
+        if self.state == State::Sending {
+            self.schedule_reads();
+        }
+        self.events.pop_front()
+    }
+
+    fn schedule_reads(&mut self) {
+        while let Some(&slot) = self.free_slots.last() {
+            let (block, origin) = if let Some(b) = self.resend_order.pop_first() {
+                (b, Origin::Resend)
+            } else if let Some(b) = self.copies.pop_front() {
+                (b, Origin::Copy)
+            } else if self.next_new < self.manifest.total_blocks()
+                && self.next_new < self.cum + self.cfg.window_blocks
+            {
+                self.next_new += 1;
+                (self.next_new - 1, Origin::New)
+            } else {
+                return;
+            };
+            self.free_slots.pop();
+            self.reading[slot as usize] = Some((block, origin));
+            self.events.push_back(SenderEvent::Read {
+                slot,
+                block: self.manifest.block(block),
+            });
+        }
+    }
+
+    fn datagram_len(&self, payload: u32) -> usize {
+        wire::DATA_HEADER_LEN + payload as usize + self.seal.trailer_len()
+    }
+
+    fn window_open(&self) -> bool {
+        match self.controller.window() {
+            Some(w) => (self.in_flight() as f64) < w,
+            None => true,
+        }
+    }
+
+    /// The pacing rate right now: the controller's, or the minimum rate while the window is
+    /// full.
+    fn pacing_rate(&self) -> f64 {
+        if self.window_open() {
+            self.controller.rate()
+        } else {
+            self.controller.limits().min_bps as f64 / 8.0
+        }
+    }
+
+    fn next_ready(&self) -> Option<&Ready> {
+        self.ready_urgent.front().or_else(|| {
+            self.ready_new
+                .front()
+                .filter(|r| r.block < self.cum + self.cfg.window_blocks)
+        })
+    }
+
+    /// Writes the next datagram, if one may leave at `now`, into `buffers` and says where.
+    /// Data datagrams are sealed in the slot their block was read into; the slot returns to
+    /// the sender (a later [`SenderEvent::Read`] may name it), so send the datagram before
+    /// acting on later events. Call again until it returns `None`.
+    pub fn poll_transmit(&mut self, now: Timestamp, buffers: &mut impl TxBuffers) -> Option<Transmit> {
+        match self.state {
+            State::Done => return None,
+            State::Closing { code, left } => {
+                let len = self.write_control(buffers.control(), now, Kind::Close, code);
+                self.state = if left <= 1 {
+                    State::Done
+                } else {
+                    State::Closing { code, left: left - 1 }
+                };
+                return len.map(|len| Transmit { buffer: TxBuffer::Control, len });
+            }
+            State::Sending => {}
+        }
+        if let Some(&ready) = self.next_ready() {
+            let len = self.manifest.block(ready.block).len;
+            let wire_len = self.datagram_len(len);
+            let rate = self.pacing_rate();
+            if rate > 0.0 && self.pacer.earliest_departure(now, rate, wire_len) <= now {
+                let capped = match &mut self.cap {
+                    Some(lease) => lease.try_take(now, wire_len).is_err(),
+                    None => false,
+                };
+                if !capped {
+                    return self.transmit_data(now, ready, rate, wire_len, buffers);
+                }
+            }
+        }
+        if now.saturating_since(self.last_send) >= self.cfg.keepalive_interval {
+            let len = self.write_control(buffers.control(), now, Kind::Keepalive, 0)?;
+            return Some(Transmit { buffer: TxBuffer::Control, len });
+        }
+        None
+    }
+
+    fn transmit_data(
+        &mut self,
+        now: Timestamp,
+        ready: Ready,
+        rate: f64,
+        wire_len: usize,
+        buffers: &mut impl TxBuffers,
+    ) -> Option<Transmit> {
+        match ready.origin {
+            Origin::New => self.ready_new.pop_front(),
+            Origin::Resend | Origin::Copy => self.ready_urgent.pop_front(),
+        };
+        self.free_slots.push(ready.slot);
+        let block = self.manifest.block(ready.block);
+        let opened = self.pacer.on_sent(now, rate, wire_len);
+        let mut flags = if opened { data_flags::BURST } else { 0 };
+        match ready.origin {
+            Origin::New => {
+                self.stats.new_bytes += u64::from(block.len);
+                self.sent_frontier = self.sent_frontier.max(ready.block + 1);
+                if ready.block + 1 == self.manifest.total_blocks() {
+                    // Nothing follows the final block to reveal its loss: send copies.
+                    for _ in 0..2 {
+                        self.copies.push_back(ready.block);
+                    }
+                }
+            }
+            Origin::Resend => {
+                flags |= data_flags::RETRANSMIT;
+                self.stats.resent_bytes += u64::from(block.len);
+                self.resend_pending.remove(&ready.block);
+                self.plan_tail_copies(ready.block, block.len);
+            }
+            Origin::Copy => {
+                flags |= data_flags::RETRANSMIT | data_flags::PROBE;
+                self.stats.copy_bytes += u64::from(block.len);
+            }
+        }
+        if self.sent_frontier > self.highest && self.probe_deadline.is_none() {
+            self.probe_deadline = Some(now + self.probe_timeout());
+        }
+        let header = Header {
+            kind: Kind::Data,
+            flags,
+            session: self.cfg.session,
+            pn: self.next_pn,
+            send_ts_us: now.as_micros(),
+        };
+        self.next_pn += 1;
+        let buf = buffers.slot(ready.slot);
+        header.encode(buf);
+        block.encode_at(buf);
+        let len = self
+            .seal
+            .seal(buf, wire::DATA_HEADER_LEN, block.len as usize)
+            .expect("slot buffers are sized for a block");
+        debug_assert_eq!(len, wire_len);
+        self.sent_payload += u64::from(block.len);
+        self.sent_blocks += 1;
+        self.stats.datagrams += 1;
+        self.stats.wire_bytes += len as u64;
+        self.stats.first_data_at.get_or_insert(now);
+        self.last_send = now;
+        self.last_data_send = now;
+        self.controller.on_sent(now, len);
+        if self.next_ready().is_none() {
+            self.pacer.end_burst();
+        }
+        Some(Transmit {
+            buffer: TxBuffer::Slot(ready.slot),
+            len,
+        })
+    }
+
+    /// Once no new data is left, a re-sent block takes redundant copies into the idle
+    /// capacity: enough that the expected number of blocks still missing after this round
+    /// is small, within the redundancy budget spread over the blocks still outstanding.
+    fn plan_tail_copies(&mut self, block: u64, len: u32) {
+        if self.next_new < self.manifest.total_blocks() {
+            return;
+        }
+        let loss = (self.stats.nacked_blocks as f64 / self.sent_blocks.max(1) as f64).clamp(0.001, 0.5);
+        let outstanding = (self.resend_pending.len() as u64 + self.missing).max(1) as f64;
+        let mut copies = 1;
+        while copies < 8 && outstanding * loss.powi(copies) > 0.05 {
+            copies += 1;
+        }
+        let budget_left = self.copy_budget.saturating_sub(self.stats.copy_bytes + self.copies.len() as u64 * u64::from(len));
+        let affordable = (budget_left as f64 / (outstanding * f64::from(len))) as i32;
+        for _ in 1..copies.min(1 + affordable) {
+            self.copies.push_back(block);
+        }
+    }
+
+    fn probe_timeout(&self) -> Duration {
+        let base = self.rtt.srtt() + 4 * self.rtt.rttvar() + Duration::from_millis(10);
+        base * (1 << self.probe_backoff.min(6))
+    }
+
+    fn write_control(&mut self, buf: &mut [u8], now: Timestamp, kind: Kind, code: u16) -> Option<usize> {
+        let header = Header {
+            kind,
+            flags: 0,
+            session: self.cfg.session,
+            pn: self.next_pn,
+            send_ts_us: now.as_micros(),
+        };
+        header.encode(buf);
+        let body = match kind {
+            Kind::Close => Close { code }.encode_body(&mut buf[wire::COMMON_HEADER_LEN..]).ok()?,
+            _ => 0,
+        };
+        let len = self.seal.seal(buf, wire::COMMON_HEADER_LEN, body).ok()?;
+        self.next_pn += 1;
+        self.last_send = now;
+        self.stats.datagrams += 1;
+        self.stats.wire_bytes += len as u64;
+        Some(len)
+    }
+
+    /// The next time [`handle_timeout`](Self::handle_timeout) or
+    /// [`poll_transmit`](Self::poll_transmit) has something to do, if any.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        match self.state {
+            State::Done => return None,
+            State::Closing { .. } => return Some(Timestamp::ZERO),
+            State::Sending => {}
+        }
+        let mut t = self.last_recv + self.cfg.data_timeout;
+        t = t.min(self.last_send + self.cfg.keepalive_interval);
+        t = t.min(self.last_silence.max(self.last_feedback) + self.silence_timeout());
+        if let Some(p) = self.probe_deadline {
+            t = t.min(p);
+        }
+        if let Some(ready) = self.next_ready() {
+            let rate = self.pacing_rate();
+            if rate > 0.0 {
+                let len = self.datagram_len(self.manifest.block(ready.block).len);
+                t = t.min(self.pacer.earliest_departure(self.last_send, rate, len));
+            }
+        }
+        Some(t)
+    }
+
+    fn silence_timeout(&self) -> Duration {
+        (self.rtt.srtt() * 3 + Duration::from_millis(50)).max(Duration::from_millis(200))
+    }
+
+    /// Time has reached `now`: data timeout, silence back-off, tail probes.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        if self.state != State::Sending {
+            return;
+        }
+        if now.saturating_since(self.last_recv) >= self.cfg.data_timeout {
+            let secs = self.cfg.data_timeout.as_secs();
+            self.fail(
+                now,
+                FailureCode::DataTimeout,
+                format!("no datagram from the receiver for {secs} s"),
+            );
+            return;
+        }
+        let since = now.saturating_since(self.last_feedback.max(self.last_silence));
+        if since >= self.silence_timeout() && self.sent_payload > 0 {
+            self.last_silence = now;
+            self.controller
+                .on_silence(now, now.saturating_since(self.last_feedback));
+        }
+        if let Some(deadline) = self.probe_deadline
+            && now >= deadline
+        {
+            self.probe_deadline = None;
+            if self.sent_frontier > self.highest {
+                // The receiver has not seen our newest block: re-send it, so whatever was
+                // lost before it shows as a gap.
+                let probe = self.sent_frontier - 1;
+                self.stats.probes += 1;
+                self.probe_backoff += 1;
+                if probe >= self.cum && self.resend_pending.insert(probe) {
+                    self.resend_order.insert(probe);
+                }
+                self.probe_deadline = Some(now + self.probe_timeout());
+            }
+        }
+    }
+}

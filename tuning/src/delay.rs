@@ -62,6 +62,22 @@ pub struct DelayBased {
     last_cut: Timestamp,
     /// Since when the queue has stayed low while competing.
     drained_since: Option<Timestamp>,
+    /// Long-run loss rate (bytes lost over bytes sent): the channel's, as congestion is rare.
+    channel_loss: f64,
+    /// Smoothed time between feedbacks, seconds.
+    feedback_gap: f64,
+    lost_total: f64,
+    delivered_total: f64,
+    epoch: LossEpoch,
+}
+
+/// Loss and delivery over one round trip.
+#[derive(Clone, Copy, Debug, Default)]
+struct LossEpoch {
+    start: Timestamp,
+    lost: f64,
+    delivered: f64,
+    queue_max: f64,
 }
 
 const MIN_RTT_FLOOR: f64 = 0.001;
@@ -82,6 +98,11 @@ impl DelayBased {
             last_update: None,
             last_cut: Timestamp::ZERO,
             drained_since: None,
+            channel_loss: 0.0,
+            feedback_gap: 0.0,
+            lost_total: 0.0,
+            delivered_total: 0.0,
+            epoch: LossEpoch::default(),
             cfg,
         }
     }
@@ -90,9 +111,12 @@ impl DelayBased {
         self.base_rtt() + self.queue_delay
     }
 
+    /// The loop's delay without queueing: the path's least RTT, but never less than two
+    /// feedback intervals, since that is how late the window learns of deliveries even
+    /// on a path with no delay at all.
     fn base_rtt(&self) -> f64 {
         if self.min_rtt.is_finite() {
-            self.min_rtt.max(MIN_RTT_FLOOR)
+            self.min_rtt.max(2.0 * self.feedback_gap).max(MIN_RTT_FLOOR)
         } else {
             0.1
         }
@@ -105,10 +129,35 @@ impl DelayBased {
         self.window = self.window.clamp(min, max.max(min));
     }
 
-    fn congestion_loss(&self, signal: &PathSignal) -> bool {
-        signal.lost_bytes > 0
-            && self.queue_delay >= 0.005
-            && self.queue_delay >= 0.5 * self.queue_max
+    /// Closes the current loss epoch (at least a round trip long) and says whether its loss
+    /// came from a full queue rather than the channel: the queue stood deep (near the
+    /// deepest seen, and past 10 ms) and the epoch lost clearly more than the long-run
+    /// channel loss rate. An epoch of a round trip holds enough datagrams that random loss
+    /// does not pass for congestion.
+    fn end_epoch(&mut self, now: Timestamp, signal: &PathSignal) -> bool {
+        self.epoch.lost += signal.lost_bytes as f64;
+        self.epoch.delivered += signal.delivered_bytes as f64;
+        self.epoch.queue_max = self.epoch.queue_max.max(self.queue_delay);
+        let length = now.saturating_since(self.epoch.start).as_secs_f64();
+        if length < self.rtt().max(0.05) {
+            return false;
+        }
+        let e = core::mem::replace(
+            &mut self.epoch,
+            LossEpoch {
+                start: now,
+                ..LossEpoch::default()
+            },
+        );
+        let ratio = e.lost / (e.lost + e.delivered).max(1.0);
+        let congested = e.lost > 0.0
+            && e.queue_max >= 0.010
+            && e.queue_max >= 0.5 * self.queue_max
+            && ratio > 2.0 * self.channel_loss + 0.02;
+        self.lost_total += e.lost;
+        self.delivered_total += e.delivered;
+        self.channel_loss = self.lost_total / (self.lost_total + self.delivered_total).max(1.0);
+        congested
     }
 }
 
@@ -120,6 +169,10 @@ impl Controller for DelayBased {
             .last_update
             .map_or(0.0, |t| now.saturating_since(t).as_secs_f64());
         self.last_update = Some(now);
+        if dt > 0.0 {
+            // Gaps longer than 100 ms are silences, not the feedback cadence.
+            self.feedback_gap += (dt.min(0.1) - self.feedback_gap) / 8.0;
+        }
         let min_rtt = signal.min_rtt.as_secs_f64();
         if min_rtt > 0.0 {
             self.min_rtt = min_rtt;
@@ -135,35 +188,46 @@ impl Controller for DelayBased {
         }
         let rtt = self.rtt();
         let per_rtt = (dt / rtt).min(1.0);
+        let congestion = self.end_epoch(now, signal) && self.cfg.competitive;
 
         match self.phase {
             Phase::Startup => {
+                // The first window assumed a 100 ms path; keep the initial rate on this one.
+                self.window = self.window.max(self.cfg.initial_rate * self.base_rtt());
                 if let Some(c) = self.capacity.get() {
                     // Jump start: fill the pipe the bursts measured, half of it if a queue
                     // already stands (someone else is there).
                     let share = if self.queue_delay > 0.002 { 0.5 } else { 1.0 };
                     self.window = self.window.max(c * share * self.base_rtt() + self.cfg.alpha);
                     self.phase = Phase::Steady;
-                } else if self.queue_delay > 0.005 || signal.lost_bytes > 0 {
+                } else if self.queue_delay > 0.005 {
                     self.phase = Phase::Steady;
                 } else {
                     self.window *= 2f64.powf(per_rtt);
                 }
             }
             Phase::Steady => {
-                if self.cfg.competitive && self.congestion_loss(signal) {
+                if congestion {
                     self.phase = Phase::Competitive;
                     self.window *= self.cfg.competitive_beta;
                     self.last_cut = now;
                     self.drained_since = None;
                 } else {
-                    let target = self.base_rtt() / rtt * self.window + self.cfg.alpha;
+                    let mut target = self.base_rtt() / rtt * self.window + self.cfg.alpha;
+                    // An all but empty queue with capacity to spare: the pipe is not full (a
+                    // competitor left, or the start was cautious). FAST alone would add only
+                    // alpha per round trip; head for the measured pipe instead.
+                    if let Some(c) = self.capacity.get()
+                        && self.queue_delay < 0.25 * self.cfg.alpha / c
+                    {
+                        target = target.max(c * self.base_rtt() + self.cfg.alpha);
+                    }
                     let next = self.window + self.cfg.gamma * per_rtt * (target - self.window);
                     self.window = next.min(self.window * 2f64.powf(per_rtt));
                 }
             }
             Phase::Competitive => {
-                if self.congestion_loss(signal) {
+                if congestion {
                     if now.saturating_since(self.last_cut).as_secs_f64() > rtt {
                         self.window *= self.cfg.competitive_beta;
                         self.last_cut = now;

@@ -66,8 +66,10 @@ struct SimArgs {
     /// Corruption probability.
     #[arg(long, default_value_t = 0.0)]
     corrupt: f64,
-    /// Link MTU.
-    #[arg(long, default_value_t = 9000)]
+    /// Path MTU (largest IP packet). The default, 64 KiB datagrams as on loopback, keeps
+    /// ferry's 84 bytes of per-datagram overhead (IP, UDP, header, tag) at 0.13 % of the
+    /// link; at 9000 they cost 0.9 % and at 1500 5.6 % of capacity.
+    #[arg(long, default_value_t = 65_535)]
     mtu: usize,
     /// aes128 | aes256 | none.
     #[arg(long, default_value = "aes128")]

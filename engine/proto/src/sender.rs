@@ -233,7 +233,9 @@ impl<A: Aead> Sender<A> {
         let copy_budget = (manifest.total_bytes() as f64 * cfg.tail_redundancy) as u64;
         Sender {
             controller: PolicyController::new(cfg.policy, cfg.limits, mss),
-            pacer: Pacer::new(cfg.burst),
+            // Bursts of about 256 KiB at most: enough datagrams to measure dispersion, not so
+            // many bytes that a burst alone fills the bottleneck's share of the queue.
+            pacer: Pacer::new(cfg.burst.min((256 * 1024 / mss as u32).max(2))),
             cap: None,
             rtt: RttEstimator::new(cfg.initial_rtt),
             inbound: Inbound::new(open, cfg.session),

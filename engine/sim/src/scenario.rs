@@ -90,7 +90,7 @@ impl Default for ScenarioConfig {
             corrupt: 0.0,
             link_mbps: 1000.0,
             queue: Duration::from_millis(100),
-            mtu: 9000,
+            mtu: 65_535,
             bytes: 64 << 20,
             policy: Policy::Fair,
             target_bps: 10_000_000_000,
@@ -394,6 +394,8 @@ impl<'a> Sim<'a> {
                         TcpAlgorithm::Reno => CongestionAlgorithm::Reno,
                         TcpAlgorithm::Cubic => CongestionAlgorithm::Cubic,
                     },
+                    // The link charges IP and UDP-sized overhead itself; 24 more makes a 1500-byte TCP/IP packet.
+                    header_bytes: 24,
                     ..TcpConfig::default()
                 };
                 TcpFlow {

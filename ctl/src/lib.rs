@@ -2,3 +2,4 @@
 //! binary. It never depends on the engine.
 //!
 //! Empty until the ferryctl issue lands.
+#![warn(missing_docs)]

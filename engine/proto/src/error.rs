@@ -127,8 +127,6 @@ impl Error {
 mod tests {
     use super::Error;
 
-
-
     #[test]
     fn index_is_dense_and_names_unique() {
         for (i, e) in Error::ALL.iter().enumerate() {

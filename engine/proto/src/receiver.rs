@@ -113,6 +113,9 @@ pub struct ReceiverStats {
     pub last_new_at: Option<Timestamp>,
 }
 
+/// How many later feedbacks repeat each NACK.
+const NACK_REPEATS: u8 = 2;
+
 #[derive(Clone, Copy, Debug)]
 struct NackState {
     first: Timestamp,
@@ -156,6 +159,9 @@ pub struct Receiver<A: Aead = DefaultAead> {
     nack_due: BinaryHeap<Reverse<(Timestamp, u64, u64)>>,
     nack_state: HashMap<u64, NackState>,
     nacks: Vec<NackRange>,
+    /// NACKs already sent that ride along in the next few feedbacks too, since a lost
+    /// feedback would otherwise cost a whole re-NACK timeout: `(range, sends left)`.
+    repeats: VecDeque<(NackRange, u8)>,
     turnaround: RttEstimator,
     /// How late reordered blocks have arrived, at most, lately.
     reorder_seen: Duration,
@@ -188,6 +194,7 @@ impl<A: Aead> Receiver<A> {
             nack_due: BinaryHeap::new(),
             nack_state: HashMap::new(),
             nacks: Vec::new(),
+            repeats: VecDeque::new(),
             turnaround: RttEstimator::new(cfg.initial_rtt),
             reorder_seen: Duration::ZERO,
             next_pn: 0,
@@ -325,14 +332,24 @@ impl<A: Aead> Receiver<A> {
     }
 
     fn finish_burst(b: &mut Burst, pair_rate: &mut f64) {
-        if b.active && b.count >= 2 {
-            let spread = b.last_arrival.saturating_since(b.first_arrival).as_secs_f64();
-            let sent = (b.last_send_us - b.first_send_us) as f64 / 1e6;
-            if spread > 0.0 && sent * 4.0 <= spread {
-                *pair_rate = pair_rate.max(b.bytes as f64 / spread);
-            }
-        }
+        *pair_rate = pair_rate.max(Self::burst_rate(b));
         b.active = false;
+    }
+
+    /// The dispersion rate of the burst so far, or zero: bytes after the first datagram over
+    /// the arrival spread, valid only if the datagrams left much closer together than they
+    /// arrived.
+    fn burst_rate(b: &Burst) -> f64 {
+        if !b.active || b.count < 2 {
+            return 0.0;
+        }
+        let spread = b.last_arrival.saturating_since(b.first_arrival).as_secs_f64();
+        let sent = (b.last_send_us - b.first_send_us) as f64 / 1e6;
+        if spread > 0.0 && sent * 4.0 <= spread {
+            b.bytes as f64 / spread
+        } else {
+            0.0
+        }
     }
 
     /// Records block `g`; whether it was new.
@@ -482,8 +499,25 @@ impl<A: Aead> Receiver<A> {
         self.nacks.clear();
         if self.state == State::Receiving {
             self.collect_nacks(now, limit);
+            let fresh = self.nacks.len();
+            for _ in 0..self.repeats.len() {
+                if self.nacks.len() >= limit {
+                    break;
+                }
+                let (range, left) = self.repeats.pop_front().expect("counted");
+                if !self.blocks.contains(range.first) {
+                    self.nacks.push(range);
+                    if left > 1 {
+                        self.repeats.push_back((range, left - 1));
+                    }
+                }
+            }
+            for &range in &self.nacks[..fresh] {
+                self.repeats.push_back((range, NACK_REPEATS));
+            }
         }
-        Self::finish_burst(&mut self.burst, &mut self.pair_rate);
+        // A burst still arriving counts as far as it got; it goes on after this feedback.
+        self.pair_rate = self.pair_rate.max(Self::burst_rate(&self.burst));
         let fb = Feedback {
             cum_block: self.blocks.cum(),
             highest_block: self.highest,

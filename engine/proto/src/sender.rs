@@ -72,7 +72,7 @@ impl SenderConfig {
             data_timeout: Duration::from_secs(60),
             keepalive_interval: Duration::from_millis(500),
             initial_rtt: Duration::from_millis(200),
-            tail_redundancy: 0.01,
+            tail_redundancy: 0.015,
         }
     }
 }
@@ -200,6 +200,10 @@ pub struct Sender<A: Aead = DefaultAead> {
     resend_pending: HashSet<u64>,
     /// Redundant copies waiting for a read.
     copies: VecDeque<u64>,
+    /// When each block still below the receiver's horizon was last re-sent. The receiver
+    /// repeats every NACK in a few feedbacks (feedback is lost too); a NACK that arrives
+    /// within half a round trip of a re-send is such a repeat, not a new loss.
+    resent_at: std::collections::BTreeMap<u64, Timestamp>,
     free_slots: Vec<u32>,
     ready_urgent: VecDeque<Ready>,
     ready_new: VecDeque<Ready>,
@@ -220,6 +224,8 @@ pub struct Sender<A: Aead = DefaultAead> {
     last_fb_recv_us: Option<(u64, u64)>,
     probe_deadline: Option<Timestamp>,
     probe_backoff: u32,
+    /// Smoothed time between feedbacks.
+    feedback_gap: Duration,
 }
 
 use ferry_tuning::Pacer;
@@ -252,6 +258,7 @@ impl<A: Aead> Sender<A> {
             resend_order: BTreeSet::new(),
             resend_pending: HashSet::new(),
             copies: VecDeque::new(),
+            resent_at: Default::default(),
             free_slots: (0..cfg.read_ahead.max(1)).rev().collect(),
             ready_urgent: VecDeque::new(),
             ready_new: VecDeque::new(),
@@ -269,6 +276,7 @@ impl<A: Aead> Sender<A> {
             last_fb_recv_us: None,
             probe_deadline: None,
             probe_backoff: 0,
+            feedback_gap: Duration::from_millis(5),
             manifest,
             cfg,
         }
@@ -382,6 +390,8 @@ impl<A: Aead> Sender<A> {
 
     fn on_feedback(&mut self, now: Timestamp, fb: &Feedback) {
         self.stats.feedbacks += 1;
+        let gap = now.saturating_since(self.last_feedback).min(Duration::from_millis(100));
+        self.feedback_gap = (self.feedback_gap * 7 + gap) / 8;
         self.last_feedback = now;
         let fresh = self
             .last_fb_recv_us
@@ -401,6 +411,7 @@ impl<A: Aead> Sender<A> {
             for b in std::mem::replace(&mut self.resend_order, keep) {
                 self.resend_pending.remove(&b);
             }
+            self.resent_at = self.resent_at.split_off(&cum);
         }
         let highest = fb.highest_block.min(self.sent_frontier);
         if highest > self.highest {
@@ -416,7 +427,16 @@ impl<A: Aead> Sender<A> {
         for r in &fb.nacks {
             let first = r.first.max(self.cum);
             let end = r.first.saturating_add(u64::from(r.count)).min(self.sent_frontier);
+            // Repeats follow within a few feedback intervals, re-NACKs a round trip later.
+            let repeat_window = (self.rtt.srtt() / 2).max(self.feedback_gap * 4);
             for b in first..end {
+                if self
+                    .resent_at
+                    .get(&b)
+                    .is_some_and(|&t| now.saturating_since(t) < repeat_window)
+                {
+                    continue;
+                }
                 let len = u64::from(self.manifest.block(b).len);
                 lost += len;
                 self.stats.nacked_blocks += 1;
@@ -611,6 +631,7 @@ impl<A: Aead> Sender<A> {
                 flags |= data_flags::RETRANSMIT;
                 self.stats.resent_bytes += u64::from(block.len);
                 self.resend_pending.remove(&ready.block);
+                self.resent_at.insert(ready.block, now);
                 self.plan_tail_copies(ready.block, block.len);
             }
             Origin::Copy => {
@@ -664,11 +685,16 @@ impl<A: Aead> Sender<A> {
         let loss = (self.stats.nacked_blocks as f64 / self.sent_blocks.max(1) as f64).clamp(0.001, 0.5);
         let outstanding = (self.resend_pending.len() as u64 + self.missing).max(1) as f64;
         let mut copies = 1;
-        while copies < 8 && outstanding * loss.powi(copies) > 0.05 {
+        while copies < 6 && outstanding * loss.powi(copies) > 0.02 {
             copies += 1;
         }
-        let budget_left = self.copy_budget.saturating_sub(self.stats.copy_bytes + self.copies.len() as u64 * u64::from(len));
-        let affordable = (budget_left as f64 / (outstanding * f64::from(len))) as i32;
+        let queued = self.copies.len() as u64 * u64::from(len);
+        let budget_left = self.copy_budget.saturating_sub(self.stats.copy_bytes + queued);
+        let mut affordable = (budget_left as f64 / (outstanding * f64::from(len))).ceil() as i32;
+        if outstanding <= 16.0 {
+            // The last few blocks decide when the transfer ends; copies of them are cheap.
+            affordable = affordable.max(3);
+        }
         for _ in 1..copies.min(1 + affordable) {
             self.copies.push_back(block);
         }

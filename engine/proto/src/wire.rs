@@ -135,7 +135,11 @@ impl Header {
     /// If `buf` is shorter than [`COMMON_HEADER_LEN`]; buffers are sized by the caller, so
     /// that is a bug, not an input.
     pub fn encode(&self, buf: &mut [u8]) {
-        debug_assert_eq!(self.flags & !self.kind.known_flags(), 0, "undefined flag bits");
+        debug_assert_eq!(
+            self.flags & !self.kind.known_flags(),
+            0,
+            "undefined flag bits"
+        );
         let buf = &mut buf[..COMMON_HEADER_LEN];
         buf[0] = VERSION;
         buf[1] = self.kind as u8;
@@ -540,8 +544,8 @@ pub(crate) mod tests {
     }
 
     const COMMON: [u8; 20] = [
-        0x01, 0x02, 0x03, 0x04, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x21, 0x22,
-        0x23, 0x24, 0x25, 0x26, 0x27, 0x28,
+        0x01, 0x02, 0x03, 0x04, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x21, 0x22, 0x23,
+        0x24, 0x25, 0x26, 0x27, 0x28,
     ];
 
     fn encoded(p: &Packet<'_>) -> Vec<u8> {
@@ -586,7 +590,10 @@ pub(crate) mod tests {
             interval_packets: 9,
             pair_rate: 10,
             complete: false,
-            nacks: vec![NackRange { first: 11, count: 12 }],
+            nacks: vec![NackRange {
+                first: 11,
+                count: 12,
+            }],
         };
         let p = Packet::Feedback {
             header: hdr(Kind::Feedback, feedback_flags::OWD_VALID),
@@ -605,7 +612,10 @@ pub(crate) mod tests {
         want.extend_from_slice(&1u16.to_be_bytes());
         want.extend_from_slice(&11u64.to_be_bytes());
         want.extend_from_slice(&12u32.to_be_bytes());
-        assert_eq!(want.len(), COMMON_HEADER_LEN + FEEDBACK_FIXED_LEN + NACK_RANGE_LEN);
+        assert_eq!(
+            want.len(),
+            COMMON_HEADER_LEN + FEEDBACK_FIXED_LEN + NACK_RANGE_LEN
+        );
         assert_eq!(encoded(&p), want);
         assert_eq!(parse(&want).unwrap(), p);
     }
@@ -875,8 +885,8 @@ pub(crate) mod tests {
             (any::<u32>(), any::<u32>(), any::<u64>(), any::<bool>()),
             prop::collection::vec(arb_nack(), 0..40),
         )
-            .prop_map(|((a, b, missing, bytes), (t, owd, echo), (d, n, rate, c), nacks)| {
-                Feedback {
+            .prop_map(
+                |((a, b, missing, bytes), (t, owd, echo), (d, n, rate, c), nacks)| Feedback {
                     cum_block: a.min(b),
                     highest_block: a.max(b),
                     missing_blocks: missing,
@@ -889,8 +899,8 @@ pub(crate) mod tests {
                     pair_rate: rate,
                     complete: c,
                     nacks,
-                }
-            })
+                },
+            )
     }
 
     pub(crate) fn arb_owned() -> impl Strategy<Value = Owned> {

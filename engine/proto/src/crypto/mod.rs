@@ -171,8 +171,11 @@ pub fn derive_keys(secret: &[u8; 32], cipher: Cipher, dir: Direction) -> Directi
     let label = dir.label();
     // Both lengths are far below HKDF's 255·32-byte limit, so expand cannot fail.
     if out.key_len > 0 {
-        hk.expand_multi_info(&[b"ferry ", label.as_bytes(), b" key"], &mut out.key[..out.key_len])
-            .expect("HKDF output length is valid");
+        hk.expand_multi_info(
+            &[b"ferry ", label.as_bytes(), b" key"],
+            &mut out.key[..out.key_len],
+        )
+        .expect("HKDF output length is valid");
     }
     hk.expand_multi_info(&[b"ferry ", label.as_bytes(), b" iv"], &mut out.iv)
         .expect("HKDF output length is valid");
@@ -261,7 +264,9 @@ impl<A: Aead> PacketKey<A> {
         if header_len < COMMON_HEADER_LEN {
             return Err(Error::Truncated);
         }
-        let body_end = header_len.checked_add(body_len).ok_or(Error::BufferTooSmall)?;
+        let body_end = header_len
+            .checked_add(body_len)
+            .ok_or(Error::BufferTooSmall)?;
         let end = body_end
             .checked_add(self.trailer_len())
             .ok_or(Error::BufferTooSmall)?;

@@ -177,7 +177,9 @@ fn sealed_data<A: Aead>(key: &PacketKey<A>, pn: u64, payload: &[u8]) -> Vec<u8> 
     };
     let mut buf = vec![0u8; DATA_HEADER_LEN + payload.len() + TAG_LEN];
     let n = p.encode(&mut buf).unwrap();
-    let n = key.seal(&mut buf, DATA_HEADER_LEN, n - DATA_HEADER_LEN).unwrap();
+    let n = key
+        .seal(&mut buf, DATA_HEADER_LEN, n - DATA_HEADER_LEN)
+        .unwrap();
     buf.truncate(n);
     buf
 }
@@ -281,7 +283,10 @@ fn size_errors<A: Aead>() {
         // Too short to hold a data header plus trailer, though the common header decodes.
         let good = sealed_data(&key, 3, b"x");
         for n in 0..good.len() {
-            assert!(key.open(&mut good[..n].to_vec()).is_err(), "{cipher} len {n}");
+            assert!(
+                key.open(&mut good[..n].to_vec()).is_err(),
+                "{cipher} len {n}"
+            );
         }
         assert_eq!(
             key.open(&mut good[..DATA_HEADER_LEN + t - 1].to_vec()),

@@ -111,12 +111,12 @@ impl DelayBased {
         self.base_rtt() + self.queue_delay
     }
 
-    /// The loop's delay without queueing: the path's least RTT, but never less than two
-    /// feedback intervals, since that is how late the window learns of deliveries even
-    /// on a path with no delay at all.
+    /// The loop's delay without queueing: the path's least RTT plus two feedback intervals,
+    /// since that is how late the window learns of deliveries, even on a path with no
+    /// delay at all.
     fn base_rtt(&self) -> f64 {
         if self.min_rtt.is_finite() {
-            self.min_rtt.max(2.0 * self.feedback_gap).max(MIN_RTT_FLOOR)
+            (self.min_rtt + 2.0 * self.feedback_gap).max(MIN_RTT_FLOOR)
         } else {
             0.1
         }

@@ -538,9 +538,16 @@ impl<A: Aead> Sender<A> {
 
     fn window_open(&self) -> bool {
         match self.controller.window() {
-            Some(w) => (self.in_flight() as f64) < w,
+            // Lost datagrams count as in flight until their NACK arrives; at the channel's
+            // loss rate they would otherwise eat the window's share of the queue.
+            Some(w) => (self.in_flight() as f64) < w * (1.0 + self.loss_rate()),
             None => true,
         }
+    }
+
+    /// Share of sent blocks reported lost so far.
+    fn loss_rate(&self) -> f64 {
+        (self.stats.nacked_blocks as f64 / self.sent_blocks.max(1) as f64).min(0.5)
     }
 
     /// The pacing rate right now: the controller's, or the minimum rate while the window is
@@ -682,7 +689,7 @@ impl<A: Aead> Sender<A> {
         if self.next_new < self.manifest.total_blocks() {
             return;
         }
-        let loss = (self.stats.nacked_blocks as f64 / self.sent_blocks.max(1) as f64).clamp(0.001, 0.5);
+        let loss = self.loss_rate().max(0.001);
         let outstanding = (self.resend_pending.len() as u64 + self.missing).max(1) as f64;
         let mut copies = 1;
         while copies < 6 && outstanding * loss.powi(copies) > 0.02 {

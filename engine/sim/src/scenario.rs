@@ -431,9 +431,13 @@ impl<'a> Sim<'a> {
     fn run(mut self) -> Report {
         let ideal = self.cfg.bytes as f64 * self.cfg.flows as f64
             / (self.cfg.capacity() * (1.0 - self.cfg.loss).max(0.01));
+        // Generous: a scavenger beside TCP may take many times the ideal; this bound only
+        // catches a transfer that stopped making progress.
         let limit = Timestamp::ZERO
             + self.cfg.ferry_start
-            + Duration::from_secs_f64(ideal * 4.0 + 60.0 + 20.0 * self.cfg.rtt.as_secs_f64());
+            + Duration::from_secs_f64(
+                (ideal * 4.0 + 60.0 + 20.0 * self.cfg.rtt.as_secs_f64()).max(600.0),
+            );
         let mut stalls = 0u32;
         while !self.ferry_done() {
             self.step();

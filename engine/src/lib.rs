@@ -3,3 +3,4 @@
 //!
 //! Empty until the engine issue lands; only this crate may know executors, rings and sockets
 //! together.
+#![warn(missing_docs)]

@@ -72,10 +72,12 @@ impl HostCap {
             if now_ns <= from {
                 return;
             }
-            match b
-                .filled_to
-                .compare_exchange_weak(from, now_ns, Ordering::AcqRel, Ordering::Relaxed)
-            {
+            match b.filled_to.compare_exchange_weak(
+                from,
+                now_ns,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => break,
                 Err(seen) => from = seen,
             }
@@ -86,7 +88,8 @@ impl HostCap {
         if prev + add > b.depth {
             // Clip the overflow; a concurrent draw may have taken some meanwhile, which only
             // errs on the side of the cap.
-            b.tokens.fetch_sub((prev + add - b.depth).min(add), Ordering::AcqRel);
+            b.tokens
+                .fetch_sub((prev + add - b.depth).min(add), Ordering::AcqRel);
         }
     }
 

@@ -14,9 +14,9 @@
 
 use core::time::Duration;
 
+use crate::Timestamp;
 use crate::controller::{Controller, PathSignal, RateLimits};
 use crate::filter::{BaseDelay, WindowedMax};
-use crate::Timestamp;
 
 /// Parameters of a delay-based controller.
 #[derive(Clone, Debug, PartialEq)]
@@ -198,7 +198,9 @@ impl Controller for DelayBased {
                     // Jump start: fill the pipe the bursts measured, half of it if a queue
                     // already stands (someone else is there).
                     let share = if self.queue_delay > 0.002 { 0.5 } else { 1.0 };
-                    self.window = self.window.max(c * share * self.base_rtt() + self.cfg.alpha);
+                    self.window = self
+                        .window
+                        .max(c * share * self.base_rtt() + self.cfg.alpha);
                     self.phase = Phase::Steady;
                 } else if self.queue_delay > 0.005 {
                     self.phase = Phase::Steady;

@@ -2,8 +2,8 @@
 
 use core::time::Duration;
 
-use crate::controller::{Controller, PathSignal, RateLimits};
 use crate::Timestamp;
+use crate::controller::{Controller, PathSignal, RateLimits};
 
 /// Sends at the target rate, ignoring delay and loss (RFC 8085 leaves this to the operator).
 #[derive(Clone, Debug)]

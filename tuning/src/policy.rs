@@ -5,11 +5,13 @@ use core::time::Duration;
 use crate::controller::{Controller, PathSignal, Policy, RateLimits};
 use crate::delay::DelayBased;
 use crate::fixed::Fixed;
-use crate::{fair, high, low, Timestamp};
+use crate::{Timestamp, fair, high, low};
 
 /// The controller of a session: an enum rather than a `Box<dyn Controller>` so the per-packet
 /// calls are static.
 #[derive(Clone, Debug)]
+// One per session, never moved in the per-packet path: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum PolicyController {
     /// `fixed`.
     Fixed(Fixed),
@@ -22,9 +24,15 @@ impl PolicyController {
     pub fn new(policy: Policy, limits: RateLimits, mss: usize) -> Self {
         match policy {
             Policy::Fixed => PolicyController::Fixed(Fixed::new(limits)),
-            Policy::High => PolicyController::Delay(policy, DelayBased::new(high::config(mss), limits)),
-            Policy::Fair => PolicyController::Delay(policy, DelayBased::new(fair::config(mss), limits)),
-            Policy::Low => PolicyController::Delay(policy, DelayBased::new(low::config(mss), limits)),
+            Policy::High => {
+                PolicyController::Delay(policy, DelayBased::new(high::config(mss), limits))
+            }
+            Policy::Fair => {
+                PolicyController::Delay(policy, DelayBased::new(fair::config(mss), limits))
+            }
+            Policy::Low => {
+                PolicyController::Delay(policy, DelayBased::new(low::config(mss), limits))
+            }
         }
     }
 

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use ferry_sim::scenario::{self, ScenarioConfig, TcpAlgorithm};
 
@@ -93,7 +93,9 @@ struct SimArgs {
 
 fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
     let mult = match unit.trim().to_ascii_lowercase().as_str() {
@@ -182,7 +184,9 @@ fn sim(a: SimArgs) -> Result<()> {
             report.tail_rtts.map_or("-".into(), |t| format!("{t:.2}")),
             report.retransmit_ratio,
             report.jain,
-            report.tcp_share.map_or(String::new(), |s| format!(" tcp_share={s:.3}")),
+            report
+                .tcp_share
+                .map_or(String::new(), |s| format!(" tcp_share={s:.3}")),
             report.elapsed_s,
             wall,
             report.seed

@@ -3,3 +3,4 @@
 //!
 //! Empty until the engine issue lands; it exists now so the crate graph and its dependency
 //! rules (this crate depends on none of ferry's crates) are fixed and checked from the start.
+#![warn(missing_docs)]

@@ -82,7 +82,10 @@ impl Manifest {
 
     /// The bytes global block `block` names. Panics if `block >= total_blocks()`.
     pub fn block(&self, block: u64) -> BlockRef {
-        assert!(block < self.total_blocks(), "block {block} beyond the manifest");
+        assert!(
+            block < self.total_blocks(),
+            "block {block} beyond the manifest"
+        );
         // The last file whose first block is <= block, skipping empty files.
         let file = self.first_block.partition_point(|&f| f <= block) - 1;
         let k = block - self.first_block[file];
@@ -124,10 +127,38 @@ mod tests {
         let b = m.block(5);
         assert_eq!((b.file, b.offset, b.len), (2, 24, 1));
         assert_eq!(m.global(&b), Some(5));
-        assert_eq!(m.global(&BlockRef { file: 2, offset: 4, len: 8 }), None);
-        assert_eq!(m.global(&BlockRef { file: 2, offset: 24, len: 2 }), None);
-        assert_eq!(m.global(&BlockRef { file: 1, offset: 0, len: 1 }), None);
-        assert_eq!(m.global(&BlockRef { file: 9, offset: 0, len: 1 }), None);
+        assert_eq!(
+            m.global(&BlockRef {
+                file: 2,
+                offset: 4,
+                len: 8
+            }),
+            None
+        );
+        assert_eq!(
+            m.global(&BlockRef {
+                file: 2,
+                offset: 24,
+                len: 2
+            }),
+            None
+        );
+        assert_eq!(
+            m.global(&BlockRef {
+                file: 1,
+                offset: 0,
+                len: 1
+            }),
+            None
+        );
+        assert_eq!(
+            m.global(&BlockRef {
+                file: 9,
+                offset: 0,
+                len: 1
+            }),
+            None
+        );
     }
 
     proptest! {

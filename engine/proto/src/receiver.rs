@@ -13,12 +13,12 @@ use core::cmp::Reverse;
 use core::time::Duration;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 
+use crate::Timestamp;
 use crate::blockset::{BlockSet, Insert};
 use crate::crypto::{Aead, Cipher, DefaultAead, Direction, PacketKey};
 use crate::manifest::Manifest;
 use crate::session::{DropCounters, Failure, FailureCode, Inbound, RttEstimator};
-use crate::wire::{self, data_flags, Close, Feedback, Header, Kind, NackRange, Packet};
-use crate::Timestamp;
+use crate::wire::{self, Close, Feedback, Header, Kind, NackRange, Packet, data_flags};
 
 /// How a receiver is set up; both sides agree on it over the control channel.
 #[derive(Clone, Debug)]
@@ -138,7 +138,9 @@ struct Burst {
 enum State {
     Receiving,
     /// Complete; repeating the final feedback until the sender closes or `until`.
-    Lingering { until: Timestamp },
+    Lingering {
+        until: Timestamp,
+    },
     Done,
 }
 
@@ -343,7 +345,10 @@ impl<A: Aead> Receiver<A> {
         if !b.active || b.count < 2 {
             return 0.0;
         }
-        let spread = b.last_arrival.saturating_since(b.first_arrival).as_secs_f64();
+        let spread = b
+            .last_arrival
+            .saturating_since(b.first_arrival)
+            .as_secs_f64();
         let sent = (b.last_send_us - b.first_send_us) as f64 / 1e6;
         if spread > 0.0 && sent * 4.0 <= spread {
             b.bytes as f64 / spread
@@ -458,7 +463,10 @@ impl<A: Aead> Receiver<A> {
                     self.nack_state
                         .entry(b)
                         .and_modify(|n| n.count += 1)
-                        .or_insert(NackState { first: now, count: 1 });
+                        .or_insert(NackState {
+                            first: now,
+                            count: 1,
+                        });
                 }
                 self.nack_due.push(Reverse((again, start, start + count)));
                 covered = start + count;
@@ -474,7 +482,9 @@ impl<A: Aead> Receiver<A> {
         let since = now.saturating_since(self.last_feedback);
         match self.state {
             State::Done => false,
-            State::Lingering { .. } => since >= self.cfg.feedback_interval.max(self.turnaround.srtt() / 4),
+            State::Lingering { .. } => {
+                since >= self.cfg.feedback_interval.max(self.turnaround.srtt() / 4)
+            }
             State::Receiving => {
                 (since >= self.cfg.feedback_interval
                     && (self.interval_packets > 0 || self.nack_is_due(now)))
@@ -484,7 +494,9 @@ impl<A: Aead> Receiver<A> {
     }
 
     fn nack_is_due(&self, now: Timestamp) -> bool {
-        self.nack_due.peek().is_some_and(|Reverse((due, _, _))| *due <= now)
+        self.nack_due
+            .peek()
+            .is_some_and(|Reverse((due, _, _))| *due <= now)
     }
 
     /// Writes a feedback datagram into `buf` if one is due; returns its length. Call again
@@ -527,7 +539,9 @@ impl<A: Aead> Receiver<A> {
             owd_min_us: self.owd_min.take(),
             echo_ts_us: self.echo.map_or(0, |(ts, _)| ts),
             echo_delay_us: self.echo.map_or(0, |(_, at)| {
-                now.saturating_since(at).as_micros().min(u128::from(u32::MAX)) as u32
+                now.saturating_since(at)
+                    .as_micros()
+                    .min(u128::from(u32::MAX)) as u32
             }),
             interval_packets: core::mem::take(&mut self.interval_packets),
             pair_rate: core::mem::take(&mut self.pair_rate) as u64,
@@ -542,7 +556,9 @@ impl<A: Aead> Receiver<A> {
             send_ts_us: now.as_micros(),
         };
         header.encode(buf);
-        let body = fb.encode_body(&mut buf[wire::COMMON_HEADER_LEN..room]).ok()?;
+        let body = fb
+            .encode_body(&mut buf[wire::COMMON_HEADER_LEN..room])
+            .ok()?;
         self.nacks = fb.nacks;
         let len = self.seal.seal(buf, wire::COMMON_HEADER_LEN, body).ok()?;
         self.next_pn += 1;
@@ -576,9 +592,9 @@ impl<A: Aead> Receiver<A> {
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         match self.state {
             State::Done => None,
-            State::Lingering { until } => Some(
-                until.min(self.last_feedback + self.cfg.feedback_interval.max(self.turnaround.srtt() / 4)),
-            ),
+            State::Lingering { until } => Some(until.min(
+                self.last_feedback + self.cfg.feedback_interval.max(self.turnaround.srtt() / 4),
+            )),
             State::Receiving => {
                 let mut t = self.last_recv + self.cfg.data_timeout;
                 t = t.min(self.last_feedback + self.cfg.idle_feedback_interval);

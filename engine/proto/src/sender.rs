@@ -18,11 +18,11 @@ use std::collections::{BTreeSet, HashSet, VecDeque};
 
 use ferry_tuning::{CapLease, Controller, PathSignal, Policy, PolicyController, RateLimits};
 
+use crate::Timestamp;
 use crate::crypto::{Aead, Cipher, DefaultAead, Direction, PacketKey};
 use crate::manifest::Manifest;
 use crate::session::{DropCounters, Failure, FailureCode, Inbound, RttEstimator};
-use crate::wire::{self, data_flags, BlockRef, Close, Feedback, Header, Kind, Packet};
-use crate::Timestamp;
+use crate::wire::{self, BlockRef, Close, Feedback, Header, Kind, Packet, data_flags};
 
 /// How a sender is set up; both sides agree on it over the control channel.
 #[derive(Clone, Debug)]
@@ -164,7 +164,10 @@ struct Ready {
 enum State {
     Sending,
     /// Sending close datagrams: `left` more, with `code`.
-    Closing { code: u16, left: u8 },
+    Closing {
+        code: u16,
+        left: u8,
+    },
     Done,
 }
 
@@ -390,7 +393,9 @@ impl<A: Aead> Sender<A> {
 
     fn on_feedback(&mut self, now: Timestamp, fb: &Feedback) {
         self.stats.feedbacks += 1;
-        let gap = now.saturating_since(self.last_feedback).min(Duration::from_millis(100));
+        let gap = now
+            .saturating_since(self.last_feedback)
+            .min(Duration::from_millis(100));
         self.feedback_gap = (self.feedback_gap * 7 + gap) / 8;
         self.last_feedback = now;
         let fresh = self
@@ -426,7 +431,10 @@ impl<A: Aead> Sender<A> {
         let mut lost = 0u64;
         for r in &fb.nacks {
             let first = r.first.max(self.cum);
-            let end = r.first.saturating_add(u64::from(r.count)).min(self.sent_frontier);
+            let end = r
+                .first
+                .saturating_add(u64::from(r.count))
+                .min(self.sent_frontier);
             // Repeats follow within a few feedback intervals, re-NACKs a round trip later.
             let repeat_window = (self.rtt.srtt() / 2).max(self.feedback_gap * 4);
             for b in first..end {
@@ -572,7 +580,11 @@ impl<A: Aead> Sender<A> {
     /// Data datagrams are sealed in the slot their block was read into; the slot returns to
     /// the sender (a later [`SenderEvent::Read`] may name it), so send the datagram before
     /// acting on later events. Call again until it returns `None`.
-    pub fn poll_transmit(&mut self, now: Timestamp, buffers: &mut impl TxBuffers) -> Option<Transmit> {
+    pub fn poll_transmit(
+        &mut self,
+        now: Timestamp,
+        buffers: &mut impl TxBuffers,
+    ) -> Option<Transmit> {
         match self.state {
             State::Done => return None,
             State::Closing { code, left } => {
@@ -580,9 +592,15 @@ impl<A: Aead> Sender<A> {
                 self.state = if left <= 1 {
                     State::Done
                 } else {
-                    State::Closing { code, left: left - 1 }
+                    State::Closing {
+                        code,
+                        left: left - 1,
+                    }
                 };
-                return len.map(|len| Transmit { buffer: TxBuffer::Control, len });
+                return len.map(|len| Transmit {
+                    buffer: TxBuffer::Control,
+                    len,
+                });
             }
             State::Sending => {}
         }
@@ -602,7 +620,10 @@ impl<A: Aead> Sender<A> {
         }
         if now.saturating_since(self.last_send) >= self.cfg.keepalive_interval {
             let len = self.write_control(buffers.control(), now, Kind::Keepalive, 0)?;
-            return Some(Transmit { buffer: TxBuffer::Control, len });
+            return Some(Transmit {
+                buffer: TxBuffer::Control,
+                len,
+            });
         }
         None
     }
@@ -696,7 +717,9 @@ impl<A: Aead> Sender<A> {
             copies += 1;
         }
         let queued = self.copies.len() as u64 * u64::from(len);
-        let budget_left = self.copy_budget.saturating_sub(self.stats.copy_bytes + queued);
+        let budget_left = self
+            .copy_budget
+            .saturating_sub(self.stats.copy_bytes + queued);
         let mut affordable = (budget_left as f64 / (outstanding * f64::from(len))).ceil() as i32;
         if outstanding <= 16.0 {
             // The last few blocks decide when the transfer ends; copies of them are cheap.
@@ -712,7 +735,13 @@ impl<A: Aead> Sender<A> {
         base * (1 << self.probe_backoff.min(6))
     }
 
-    fn write_control(&mut self, buf: &mut [u8], now: Timestamp, kind: Kind, code: u16) -> Option<usize> {
+    fn write_control(
+        &mut self,
+        buf: &mut [u8],
+        now: Timestamp,
+        kind: Kind,
+        code: u16,
+    ) -> Option<usize> {
         let header = Header {
             kind,
             flags: 0,
@@ -722,7 +751,9 @@ impl<A: Aead> Sender<A> {
         };
         header.encode(buf);
         let body = match kind {
-            Kind::Close => Close { code }.encode_body(&mut buf[wire::COMMON_HEADER_LEN..]).ok()?,
+            Kind::Close => Close { code }
+                .encode_body(&mut buf[wire::COMMON_HEADER_LEN..])
+                .ok()?,
             _ => 0,
         };
         let len = self.seal.seal(buf, wire::COMMON_HEADER_LEN, body).ok()?;

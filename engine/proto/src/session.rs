@@ -2,10 +2,10 @@
 
 use core::time::Duration;
 
+use crate::Error;
 use crate::crypto::{Aead, PacketKey};
 use crate::replay::ReplayWindow;
 use crate::wire::{self, Packet};
-use crate::Error;
 
 /// Why a session ended badly. Failures are values handed out through events, never panics.
 #[derive(Clone, Debug, PartialEq, Eq)]

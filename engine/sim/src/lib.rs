@@ -3,5 +3,5 @@
 
 pub mod link;
 pub mod rng;
-pub mod tcp;
 pub mod scenario;
+pub mod tcp;

@@ -11,8 +11,8 @@ use core::time::Duration;
 
 use ferry_proto::crypto::{Cipher, Direction};
 use ferry_proto::{
-    wire, Manifest, Receiver, ReceiverConfig, ReceiverEvent, Sender, SenderConfig, SenderEvent,
-    TxBuffer, TxBuffers,
+    Manifest, Receiver, ReceiverConfig, ReceiverEvent, Sender, SenderConfig, SenderEvent, TxBuffer,
+    TxBuffers, wire,
 };
 use ferry_tuning::{Controller, Policy, RateLimits, Timestamp};
 use serde::Serialize;
@@ -358,12 +358,18 @@ impl<'a> Sim<'a> {
                 }
                 let sizes = vec![cfg.bytes];
                 let manifest = Manifest::new(sizes, block).expect("valid manifest");
-                let mut scfg = SenderConfig::new(i as u32 + 1, cfg.cipher, secret, Direction::ClientToServer);
+                let mut scfg =
+                    SenderConfig::new(i as u32 + 1, cfg.cipher, secret, Direction::ClientToServer);
                 scfg.policy = cfg.policy;
                 scfg.limits = RateLimits::new(cfg.target_bps, cfg.min_bps);
                 // The control channel's handshake measures the path's RTT before data flows.
                 scfg.initial_rtt = cfg.rtt.max(Duration::from_millis(1));
-                let mut rcfg = ReceiverConfig::new(i as u32 + 1, cfg.cipher, secret, Direction::ClientToServer);
+                let mut rcfg = ReceiverConfig::new(
+                    i as u32 + 1,
+                    cfg.cipher,
+                    secret,
+                    Direction::ClientToServer,
+                );
                 rcfg.initial_rtt = scfg.initial_rtt;
                 rcfg.max_datagram = cfg.mtu - 28;
                 rcfg.window_blocks = scfg.window_blocks;
@@ -442,7 +448,8 @@ impl<'a> Sim<'a> {
         while !self.ferry_done() {
             self.step();
             let Some(next) = self.next_event() else {
-                self.errors.push(format!("deadlock at {} (seed {})", self.now, self.cfg.seed));
+                self.errors
+                    .push(format!("deadlock at {} (seed {})", self.now, self.cfg.seed));
                 break;
             };
             if next <= self.now {
@@ -458,8 +465,10 @@ impl<'a> Sim<'a> {
             }
             self.now = next.max(self.now);
             if self.now > limit {
-                self.errors
-                    .push(format!("not complete after {} (seed {})", self.now, self.cfg.seed));
+                self.errors.push(format!(
+                    "not complete after {} (seed {})",
+                    self.now, self.cfg.seed
+                ));
                 break;
             }
             self.deliver();
@@ -477,7 +486,8 @@ impl<'a> Sim<'a> {
             }
             if !self.ferry[i].started {
                 self.ferry[i].started = true;
-                self.tcp_at_ferry_start = self.tcp.iter().map(|t| t.receiver.delivered_bytes()).sum();
+                self.tcp_at_ferry_start =
+                    self.tcp.iter().map(|t| t.receiver.delivered_bytes()).sum();
             }
             loop {
                 let f = &mut self.ferry[i];
@@ -553,11 +563,13 @@ impl<'a> Sim<'a> {
         while let Some(ev) = f.receiver.poll_event() {
             match ev {
                 ReceiverEvent::Complete => {
-                    f.complete_at.get_or_insert(f.receiver.stats().last_new_at.unwrap_or(self.now));
+                    f.complete_at
+                        .get_or_insert(f.receiver.stats().last_new_at.unwrap_or(self.now));
                 }
                 ReceiverEvent::Closed => {}
                 ReceiverEvent::Failed(fail) => {
-                    f.failure.get_or_insert(format!("receiver: {}", fail.reason));
+                    f.failure
+                        .get_or_insert(format!("receiver: {}", fail.reason));
                 }
             }
         }
@@ -630,12 +642,14 @@ impl<'a> Sim<'a> {
         let (w, bit) = ((block / 64) as usize, 1u64 << (block % 64));
         if f.written[w] & bit != 0 {
             self.bytes_ok = false;
-            self.errors.push(format!("flow {flow}: block {block} delivered twice"));
+            self.errors
+                .push(format!("flow {flow}: block {block} delivered twice"));
         }
         f.written[w] |= bit;
         if !check_pattern(flow, d.file, d.offset, data) {
             self.bytes_ok = false;
-            self.errors.push(format!("flow {flow}: block {block} corrupted"));
+            self.errors
+                .push(format!("flow {flow}: block {block} corrupted"));
         }
         f.delivered += data.len() as u64;
         f.receiver.handle_write_done(now, Ok(()));
@@ -712,7 +726,9 @@ impl<'a> Sim<'a> {
         let useful = c * (1.0 - p);
         let goodput_ratio = payload / (useful * (elapsed_max - owd).max(1e-9));
         let steady_ratio = match self.marks {
-            [Some(a), Some(b)] if b > a => 0.8 * payload / (useful * b.saturating_since(a).as_secs_f64()),
+            [Some(a), Some(b)] if b > a => {
+                0.8 * payload / (useful * b.saturating_since(a).as_secs_f64())
+            }
             _ => 0.0,
         };
         let tail_rtts = (cfg.rtt > Duration::ZERO)

@@ -9,7 +9,12 @@ use ferry_tuning::Policy;
 /// A compact, stable rendering: one line per sample, rates in whole Mbit/s.
 fn trace(cfg: &ScenarioConfig) -> String {
     let report = scenario::run(cfg);
-    assert!(report.completed && report.bytes_ok, "seed {}: {:?}", cfg.seed, report.errors);
+    assert!(
+        report.completed && report.bytes_ok,
+        "seed {}: {:?}",
+        cfg.seed,
+        report.errors
+    );
     let mut out = format!(
         "completed={} goodput={:.2} retransmit={:.3} jain={:.2} tcp_share={}\n",
         report.completed,

@@ -1,5 +1,7 @@
 //! ferry's developer tasks. `cargo xtask --help` lists them.
 
+mod ci;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -15,6 +17,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
+    /// Everything CI checks: formatting, clippy, all tests, a simulator smoke grid.
+    Ci,
     /// Run the sans-IO protocol over the simulated network.
     Sim(SimArgs),
 }
@@ -203,6 +207,7 @@ fn sim(a: SimArgs) -> Result<()> {
 
 fn main() -> Result<()> {
     match Cli::parse().task {
+        Task::Ci => ci::run(),
         Task::Sim(a) => sim(a),
     }
 }

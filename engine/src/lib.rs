@@ -1,6 +1,13 @@
-//! ferry-engine: the thread-per-core glue between the sans-IO core (`ferry-proto`), the kernel
-//! (`ferry-io`) and the control plane. `ferryd` and `ferry` are built here.
+//! ferry-engine: the glue between the sans-IO core (`ferry-proto`), the kernel (`ferry-io`)
+//! and the control plane. `ferryd` and `ferry` are built here.
 //!
-//! Empty until the engine issue lands; only this crate may know executors, rings and sockets
-//! together.
+//! - [`data`]: the data plane — UDP datagrams in and out, disk reads and writes, driving
+//!   [`ferry_proto::Sender`] and [`ferry_proto::Receiver`].
+//! - [`control`]: the SSH control channel (russh): server inside `ferryd`, client in `ferry`.
+//! - [`config`], [`paths`]: ferryd's configuration, and confinement of users to their docroot.
 #![warn(missing_docs)]
+
+pub mod config;
+pub mod control;
+pub mod data;
+pub mod paths;

@@ -21,16 +21,20 @@ use crate::filter::{BaseDelay, WindowedMax};
 /// Parameters of a delay-based controller.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DelayConfig {
-    /// Bytes this flow aims to keep queued at the bottleneck.
-    pub alpha: f64,
+    /// Time of queue, at the bottleneck's measured capacity, this flow aims to keep filled
+    /// with its own bytes. Every flow on a bottleneck measures the same capacity, so the
+    /// resulting byte count (FAST's α) is the same for all of them and they share evenly.
+    pub alpha_delay: f64,
+    /// Least α, bytes: enough datagrams that the queue does not run dry between bursts.
+    pub alpha_min: f64,
+    /// α before any capacity estimate, bytes.
+    pub alpha_initial: f64,
     /// Fraction of the distance to the equilibrium window closed per round trip.
     pub gamma: f64,
     /// Switch to AIMD when a buffer-filling flow shares the bottleneck.
     pub competitive: bool,
-    /// Additive increase in competitive mode, datagrams per round trip.
-    pub competitive_increase: f64,
-    /// Multiplicative decrease in competitive mode.
-    pub competitive_beta: f64,
+    /// Share of the bottleneck's capacity to seek against a buffer-filling competitor.
+    pub competitive_share: f64,
     /// Bytes per datagram.
     pub mss: f64,
     /// Rate before the path has said anything, bytes per second.
@@ -60,8 +64,8 @@ pub struct DelayBased {
     queue_max: f64,
     last_update: Option<Timestamp>,
     last_cut: Timestamp,
-    /// Since when the queue has stayed low while competing.
-    drained_since: Option<Timestamp>,
+    /// α while competing with a buffer filler.
+    competitive_alpha: Option<f64>,
     /// Long-run loss rate (bytes lost over bytes sent): the channel's, as congestion is rare.
     channel_loss: f64,
     /// Smoothed time between feedbacks, seconds.
@@ -97,7 +101,7 @@ impl DelayBased {
             queue_max: 0.0,
             last_update: None,
             last_cut: Timestamp::ZERO,
-            drained_since: None,
+            competitive_alpha: None,
             channel_loss: 0.0,
             feedback_gap: 0.0,
             lost_total: 0.0,
@@ -105,6 +109,37 @@ impl DelayBased {
             epoch: LossEpoch::default(),
             cfg,
         }
+    }
+
+    /// FAST's α in bytes (see [`DelayConfig::alpha_delay`]).
+    fn alpha(&self) -> f64 {
+        match self.capacity.get() {
+            Some(c) => (c * self.cfg.alpha_delay).max(self.cfg.alpha_min),
+            None => self.cfg.alpha_initial,
+        }
+    }
+
+    /// Competitive mode, after Copa's: a delay-based flow keeps α bytes queued, a loss-based
+    /// one fills the buffer, so at FAST's equilibrium (`rate = α / queue delay`) the delay
+    /// flow starves. Instead of emulating TCP's sawtooth, adapt α so that this flow's
+    /// delivery rate approaches an even split of the measured capacity with one competitor
+    /// (`competitive_share`); FAST's own law then holds that rate.
+    fn seek_share(&mut self, per_rtt: f64, signal: &PathSignal) {
+        let base_alpha = self.alpha();
+        let alpha = self.competitive_alpha.get_or_insert(base_alpha);
+        let (Some(c), Some(rate)) = (self.capacity.get(), signal.delivery_rate) else {
+            return;
+        };
+        let share = rate / c;
+        let error = (self.cfg.competitive_share - share) / self.cfg.competitive_share;
+        // A dead band: delivery rates are noisy, and a share within 10 % is fair enough.
+        if error.abs() > 0.1 {
+            *alpha *= (1.0 + error.clamp(-0.5, 1.0) * per_rtt * 0.25).max(0.5);
+        }
+        // Never below the flow's own α, never more than its share of the deepest queue
+        // seen: past that, more α only overflows the buffer.
+        let ceiling = self.cfg.competitive_share * self.queue_max * c;
+        *alpha = alpha.min(ceiling).max(base_alpha);
     }
 
     fn rtt(&self) -> f64 {
@@ -124,7 +159,7 @@ impl DelayBased {
 
     fn clamp_window(&mut self) {
         let rtt = self.rtt();
-        let max = self.limits.target_bps as f64 / 8.0 * rtt + self.cfg.alpha;
+        let max = self.limits.target_bps as f64 / 8.0 * rtt + self.alpha();
         let min = (self.limits.min_bps as f64 / 8.0 * rtt).max(2.0 * self.cfg.mss);
         self.window = self.window.clamp(min, max.max(min));
     }
@@ -154,9 +189,12 @@ impl DelayBased {
             && e.queue_max >= 0.010
             && e.queue_max >= 0.5 * self.queue_max
             && ratio > 2.0 * self.channel_loss + 0.02;
-        self.lost_total += e.lost;
-        self.delivered_total += e.delivered;
-        self.channel_loss = self.lost_total / (self.lost_total + self.delivered_total).max(1.0);
+        // Only epochs whose queue stayed well short of full say what the channel loses.
+        if !congested && e.queue_max < (0.5 * self.queue_max).max(0.002) {
+            self.lost_total += e.lost;
+            self.delivered_total += e.delivered;
+            self.channel_loss = self.lost_total / (self.lost_total + self.delivered_total).max(1.0);
+        }
         congested
     }
 }
@@ -198,9 +236,7 @@ impl Controller for DelayBased {
                     // Jump start: fill the pipe the bursts measured, half of it if a queue
                     // already stands (someone else is there).
                     let share = if self.queue_delay > 0.002 { 0.5 } else { 1.0 };
-                    self.window = self
-                        .window
-                        .max(c * share * self.base_rtt() + self.cfg.alpha);
+                    self.window = self.window.max(c * share * self.base_rtt() + self.alpha());
                     self.phase = Phase::Steady;
                 } else if self.queue_delay > 0.005 {
                     self.phase = Phase::Steady;
@@ -208,46 +244,34 @@ impl Controller for DelayBased {
                     self.window *= 2f64.powf(per_rtt);
                 }
             }
-            Phase::Steady => {
+            Phase::Steady | Phase::Competitive => {
                 if congestion {
+                    // Queue-overflow loss: a buffer filler shares the bottleneck.
                     self.phase = Phase::Competitive;
-                    self.window *= self.cfg.competitive_beta;
                     self.last_cut = now;
-                    self.drained_since = None;
-                } else {
-                    let mut target = self.base_rtt() / rtt * self.window + self.cfg.alpha;
-                    // An all but empty queue with capacity to spare: the pipe is not full (a
-                    // competitor left, or the start was cautious). FAST alone would add only
-                    // alpha per round trip; head for the measured pipe instead.
-                    if let Some(c) = self.capacity.get()
-                        && self.queue_delay < 0.25 * self.cfg.alpha / c
-                    {
-                        target = target.max(c * self.base_rtt() + self.cfg.alpha);
-                    }
-                    let next = self.window + self.cfg.gamma * per_rtt * (target - self.window);
-                    self.window = next.min(self.window * 2f64.powf(per_rtt));
                 }
-            }
-            Phase::Competitive => {
-                if congestion {
-                    if now.saturating_since(self.last_cut).as_secs_f64() > rtt {
-                        self.window *= self.cfg.competitive_beta;
-                        self.last_cut = now;
-                    }
-                } else {
-                    self.window += self.cfg.competitive_increase * self.cfg.mss * per_rtt;
-                }
-                // Back to delay-based once the queue has stayed near what our own alpha
-                // explains for several round trips: the buffer filler is gone.
-                let own = self.cfg.alpha / (self.window / rtt).max(1.0);
-                if self.queue_delay <= (2.0 * own).max(0.002) {
-                    let since = *self.drained_since.get_or_insert(now);
-                    if now.saturating_since(since).as_secs_f64() > 4.0 * rtt {
+                if self.phase == Phase::Competitive {
+                    self.seek_share(per_rtt, signal);
+                    // Back to plain delay-based after a long spell without overflow loss:
+                    // the buffer filler is gone (loss-based flows overflow the buffer every
+                    // few seconds; CUBIC's epoch is its K).
+                    if now.saturating_since(self.last_cut).as_secs_f64() > (20.0 * rtt).max(5.0) {
                         self.phase = Phase::Steady;
+                        self.competitive_alpha = None;
                     }
-                } else {
-                    self.drained_since = None;
                 }
+                let alpha = self.competitive_alpha.unwrap_or_else(|| self.alpha());
+                let mut target = self.base_rtt() / rtt * self.window + alpha;
+                // An all but empty queue with capacity to spare: the pipe is not full (a
+                // competitor left, or the start was cautious). FAST alone would add only
+                // alpha per round trip; head for the measured pipe instead.
+                if let Some(c) = self.capacity.get()
+                    && self.queue_delay < 0.25 * alpha / c
+                {
+                    target = target.max(c * self.base_rtt() + alpha);
+                }
+                let next = self.window + self.cfg.gamma * per_rtt * (target - self.window);
+                self.window = next.min(self.window * 2f64.powf(per_rtt));
             }
         }
         self.clamp_window();

@@ -8,9 +8,11 @@ use crate::delay::DelayConfig;
 pub fn config(mss: usize) -> DelayConfig {
     let fair = crate::fair::config(mss);
     DelayConfig {
-        alpha: 2.0 * fair.alpha,
-        competitive_increase: 2.0 * fair.competitive_increase,
-        competitive_beta: 0.7,
+        alpha_delay: 2.0 * fair.alpha_delay,
+        alpha_min: 2.0 * fair.alpha_min,
+        alpha_initial: 2.0 * fair.alpha_initial,
+        // Twice a fair flow's claim: two thirds against one competitor.
+        competitive_share: 2.0 / 3.0,
         ..fair
     }
 }

@@ -8,7 +8,9 @@ use crate::delay::DelayConfig;
 pub fn config(mss: usize) -> DelayConfig {
     let fair = crate::fair::config(mss);
     DelayConfig {
-        alpha: fair.alpha / 16.0,
+        alpha_delay: fair.alpha_delay / 16.0,
+        alpha_min: mss as f64 / 4.0,
+        alpha_initial: fair.alpha_initial / 16.0,
         competitive: false,
         ..fair
     }

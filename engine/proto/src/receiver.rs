@@ -485,6 +485,9 @@ impl<A: Aead> Receiver<A> {
             State::Lingering { .. } => {
                 since >= self.cfg.feedback_interval.max(self.turnaround.srtt() / 4)
             }
+            // The first feedback leaves at once: it tells a sender that waits to learn the
+            // receiver's address (a download) where to send, and opens NAT bindings.
+            State::Receiving if self.stats.feedbacks == 0 => true,
             State::Receiving => {
                 (since >= self.cfg.feedback_interval
                     && (self.interval_packets > 0 || self.nack_is_due(now)))
@@ -595,6 +598,7 @@ impl<A: Aead> Receiver<A> {
             State::Lingering { until } => Some(until.min(
                 self.last_feedback + self.cfg.feedback_interval.max(self.turnaround.srtt() / 4),
             )),
+            State::Receiving if self.stats.feedbacks == 0 => Some(self.last_feedback),
             State::Receiving => {
                 let mut t = self.last_recv + self.cfg.data_timeout;
                 t = t.min(self.last_feedback + self.cfg.idle_feedback_interval);

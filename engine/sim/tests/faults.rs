@@ -107,3 +107,29 @@ fn empty_and_tiny_transfers() {
         });
     }
 }
+
+/// Beside one bulk CUBIC flow, `fair` settles near an even split and `low` steps aside,
+/// across a few paths (not only the acceptance script's one).
+#[test]
+fn sharing_with_tcp_across_paths() {
+    use ferry_tuning::Policy;
+    for (rtt, mbps) in [(30, 200.0), (50, 100.0), (80, 200.0)] {
+        let cfg = |policy| ScenarioConfig {
+            rtt: Duration::from_millis(rtt),
+            link_mbps: mbps,
+            bytes: 32 << 20,
+            tcp_flows: 1,
+            policy,
+            ..ScenarioConfig::default()
+        };
+        let fair = run(cfg(Policy::Fair)).tcp_share.unwrap();
+        assert!(
+            (0.3..=0.7).contains(&fair),
+            "fair, {rtt} ms, {mbps} Mbit/s: tcp {fair}"
+        );
+        if mbps <= 100.0 {
+            let low = run(cfg(Policy::Low)).tcp_share.unwrap();
+            assert!(low >= 0.8, "low, {rtt} ms, {mbps} Mbit/s: tcp {low}");
+        }
+    }
+}

@@ -1,14 +1,35 @@
 //! The data plane: one UDP socket, the sessions that share it, and their disk I/O.
 //!
-//! (Being written.) The control plane starts sessions through [`DataPlane::add_session`]
-//! and learns how each ended from the returned channel.
+//! A data thread owns the socket and every session on it; sessions are told apart by the
+//! session id in each datagram's header. The thread drives each session's sans-IO state
+//! machine ([`ferry_proto::Sender`] or [`ferry_proto::Receiver`]): datagrams in, disk reads
+//! and writes as the machine asks, datagrams out when its pacer allows, and sleeps in
+//! `poll(2)` until the next datagram or timer. The control plane starts sessions with
+//! [`DataPlane::add_session`] and learns how each ended from the returned channel.
+//!
+//! This first engine runs one data thread per process with plain `sendto`/`recvfrom` and
+//! positioned file I/O; the thread-per-core executors, GSO/GRO batching and io_uring disk
+//! queues of the design replace the insides of this module, not its interface.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_proto::crypto::{Cipher, Direction};
-use ferry_tuning::{Policy, RateLimits};
+use ferry_proto::{
+    FailureCode, Manifest, Receiver, ReceiverConfig, ReceiverEvent, Sender, SenderConfig,
+    SenderEvent, TxBuffer, TxBuffers, wire,
+};
+use ferry_tuning::{Controller, Policy, RateLimits, Timestamp};
+
+use crate::control::ErrorCode;
 
 /// One file of a session, as both sides agree on it over the control channel.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -65,7 +86,7 @@ pub struct SessionSpec {
 #[derive(Clone, Debug)]
 pub struct SessionReport {
     /// `None` when every file arrived complete.
-    pub error: Option<(crate::control::ErrorCode, String)>,
+    pub error: Option<(ErrorCode, String)>,
     /// File payload delivered.
     pub bytes: u64,
     /// All UDP payload bytes sent by this side.
@@ -74,30 +95,87 @@ pub struct SessionReport {
     pub retransmitted_bytes: u64,
     /// Seconds from the first data datagram to completion.
     pub data_secs: f64,
+    /// Inbound datagrams dropped, by reason.
+    pub drops: Vec<(&'static str, u64)>,
 }
 
-/// Progress of a running session, polled by the CLI for its bar and `--json` lines.
-#[derive(Clone, Copy, Debug, Default)]
+/// Progress of a running session, shared with the control plane and the CLI.
+#[derive(Debug, Default)]
 pub struct Progress {
     /// Payload bytes delivered so far.
-    pub bytes: u64,
+    pub bytes: AtomicU64,
     /// Total payload bytes.
-    pub total: u64,
-    /// Current rate, bits per second.
-    pub rate_bps: u64,
+    pub total: AtomicU64,
+    /// The controller's current pacing rate, bits per second (sender side).
+    pub rate_bps: AtomicU64,
+    /// Set when the data flow started (first authentic datagram from the peer).
+    pub started: AtomicBool,
+}
+
+/// A started session: its report channel and live progress.
+#[derive(Debug)]
+pub struct SessionHandle {
+    /// Yields the report when the session ends.
+    pub report: mpsc::Receiver<SessionReport>,
+    /// Live progress.
+    pub progress: Arc<Progress>,
+}
+
+enum Command {
+    Add(SessionSpec, mpsc::Sender<SessionReport>, Arc<Progress>),
 }
 
 /// A handle on a running data plane (cheap to clone).
 #[derive(Clone, Debug)]
 pub struct DataPlane {
     local: SocketAddr,
+    commands: mpsc::Sender<Command>,
+    wake: Arc<UdpSocket>,
 }
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
+}
+
+/// How long a session waits for the first authentic datagram from its peer.
+const UDP_START_TIMEOUT: Duration = Duration::from_secs(5);
+/// Socket buffers: bursts at 10 Gbit/s and more need megabytes.
+const SOCKET_BUFFER: usize = 16 << 20;
+/// A datagram that wakes the data thread to look at its command queue.
+const WAKE: &[u8] = b"ferry-wake";
 
 impl DataPlane {
     /// Binds `addr` (port 0 picks one) and starts the data thread.
-    pub fn start(addr: SocketAddr) -> std::io::Result<DataPlane> {
-        let _ = addr;
-        Err(std::io::Error::other("data plane not written yet"))
+    pub fn start(addr: SocketAddr) -> io::Result<DataPlane> {
+        let socket = UdpSocket::bind(addr)?;
+        socket.set_nonblocking(true)?;
+        set_buffers(&socket, SOCKET_BUFFER);
+        let local = socket.local_addr()?;
+        let wake = UdpSocket::bind(if local.is_ipv4() {
+            "127.0.0.1:0"
+        } else {
+            "[::1]:0"
+        })?;
+        let wake_target = SocketAddr::new(
+            if local.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            },
+            local.port(),
+        );
+        wake.connect(wake_target)?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("ferry-data-{}", local.port()))
+            .spawn(move || DataThread::new(socket, rx).run())?;
+        Ok(DataPlane {
+            local,
+            commands: tx,
+            wake: Arc::new(wake),
+        })
     }
 
     /// The bound UDP address.
@@ -107,7 +185,658 @@ impl DataPlane {
 
     /// Starts a session; the channel yields its report when it ends.
     pub fn add_session(&self, spec: SessionSpec) -> mpsc::Receiver<SessionReport> {
-        let _ = spec;
-        mpsc::channel().1
+        self.start_session(spec).report
     }
+
+    /// Starts a session and returns its report channel and live progress.
+    pub fn start_session(&self, spec: SessionSpec) -> SessionHandle {
+        let (tx, rx) = mpsc::channel();
+        let progress = Arc::new(Progress::default());
+        if self
+            .commands
+            .send(Command::Add(spec, tx.clone(), progress.clone()))
+            .is_err()
+        {
+            let _ = tx.send(SessionReport::failed(
+                ErrorCode::Internal,
+                "the data plane has stopped".into(),
+            ));
+        } else {
+            // Wake the data thread if it is asleep in poll(2).
+            let _ = self.wake.send(WAKE);
+        }
+        SessionHandle {
+            report: rx,
+            progress,
+        }
+    }
+}
+
+impl SessionReport {
+    fn failed(code: ErrorCode, message: String) -> Self {
+        SessionReport {
+            error: Some((code, message)),
+            bytes: 0,
+            wire_bytes: 0,
+            retransmitted_bytes: 0,
+            data_secs: 0.0,
+            drops: Vec::new(),
+        }
+    }
+}
+
+fn set_buffers(socket: &UdpSocket, bytes: usize) {
+    let fd = socket.as_raw_fd();
+    let size = bytes as libc::c_int;
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        // SAFETY: fd is a live socket; the option value is a c_int of the stated size.
+        unsafe {
+            let p = &size as *const libc::c_int as *const libc::c_void;
+            let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            if libc::setsockopt(fd, libc::SOL_SOCKET, force, p, len) != 0 {
+                libc::setsockopt(fd, libc::SOL_SOCKET, plain, p, len);
+            }
+        }
+    }
+}
+
+/// Waits until `socket` is readable or `timeout` passes.
+fn wait_readable(socket: &UdpSocket, timeout: Duration) {
+    let mut pfd = libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
+    if ms == 0 {
+        return;
+    }
+    // SAFETY: one valid pollfd; a failed or interrupted poll only ends the wait early.
+    unsafe {
+        libc::poll(&mut pfd, 1, ms);
+    }
+}
+
+struct Buffers {
+    slots: Vec<Vec<u8>>,
+    control: Vec<u8>,
+}
+
+impl TxBuffers for Buffers {
+    fn slot(&mut self, slot: u32) -> &mut [u8] {
+        &mut self.slots[slot as usize]
+    }
+    fn control(&mut self) -> &mut [u8] {
+        &mut self.control
+    }
+}
+
+/// The files of a session on this side.
+struct Files {
+    root: PathBuf,
+    entries: Vec<FileEntry>,
+    /// Open handles, by file index (senders keep a few; receivers keep the unfinished).
+    open: HashMap<u32, File>,
+    /// Receiver: bytes written per file.
+    written: Vec<u64>,
+    no_fsync: bool,
+}
+
+impl Files {
+    fn new(spec: &SessionSpec) -> Self {
+        Files {
+            root: spec.root.clone(),
+            written: vec![0; spec.files.len()],
+            entries: spec.files.clone(),
+            open: HashMap::new(),
+            no_fsync: spec.no_fsync,
+        }
+    }
+
+    fn path(&self, index: u32) -> PathBuf {
+        self.root.join(&self.entries[index as usize].path)
+    }
+
+    fn partial(&self, index: u32) -> PathBuf {
+        let mut p = self.path(index).into_os_string();
+        p.push(".partial");
+        PathBuf::from(p)
+    }
+
+    fn read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        if !self.open.contains_key(&index) {
+            if self.open.len() >= 64 {
+                self.open.clear();
+            }
+            let f = File::open(self.path(index))?;
+            self.open.insert(index, f);
+        }
+        let f = &self.open[&index];
+        f.read_exact_at(buf, offset).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                io::Error::new(io::ErrorKind::UnexpectedEof, "the source file shrank")
+            } else {
+                e
+            }
+        })
+    }
+
+    fn open_partial(&mut self, index: u32) -> io::Result<&File> {
+        if !self.open.contains_key(&index) {
+            let path = self.partial(index);
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)?;
+            f.set_len(self.entries[index as usize].size)?;
+            self.open.insert(index, f);
+        }
+        Ok(&self.open[&index])
+    }
+
+    /// Writes a block; when it completes its file, makes the file durable and renames it.
+    fn write(&mut self, index: u32, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.open_partial(index)?.write_all_at(data, offset)?;
+        self.written[index as usize] += data.len() as u64;
+        if self.written[index as usize] == self.entries[index as usize].size {
+            self.finish(index)?;
+        }
+        Ok(())
+    }
+
+    /// Durable, stamped, renamed: `NAME.partial` becomes `NAME` only now.
+    fn finish(&mut self, index: u32) -> io::Result<()> {
+        self.open_partial(index)?;
+        let f = self.open.remove(&index).expect("just opened");
+        if !self.no_fsync {
+            f.sync_data()?;
+        }
+        let e = &self.entries[index as usize];
+        let mtime = UNIX_EPOCH + Duration::new(e.mtime.0.max(0) as u64, e.mtime.1.min(999_999_999));
+        let _ = f.set_modified(mtime);
+        if e.mode != 0 {
+            let _ = f.set_permissions(fs::Permissions::from_mode(e.mode & 0o7777));
+        }
+        drop(f);
+        fs::rename(self.partial(index), self.path(index))
+    }
+
+    /// Empty files have no blocks: they are finished up front.
+    fn finish_empty(&mut self) -> io::Result<()> {
+        for i in 0..self.entries.len() as u32 {
+            if self.entries[i as usize].size == 0 {
+                self.finish(i)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+enum Machine {
+    Send(Box<Sender>, Buffers),
+    Recv(Box<Receiver>, Vec<u8>),
+}
+
+struct Session {
+    id: u32,
+    machine: Machine,
+    files: Files,
+    peer: Option<SocketAddr>,
+    started: Timestamp,
+    heard: bool,
+    first_data: Option<Timestamp>,
+    done_at: Option<Timestamp>,
+    progress: Arc<Progress>,
+    report: mpsc::Sender<SessionReport>,
+    error: Option<(ErrorCode, String)>,
+    finished: bool,
+    wire_bytes: u64,
+}
+
+fn failure_code(code: FailureCode, role: Role) -> ErrorCode {
+    match code {
+        FailureCode::DataTimeout => ErrorCode::DataTimeout,
+        FailureCode::PeerAborted => ErrorCode::PeerAborted,
+        FailureCode::Protocol => ErrorCode::Protocol,
+        FailureCode::ReadFailed if role == Role::Sender => ErrorCode::SourceVanished,
+        FailureCode::ReadFailed | FailureCode::WriteFailed => ErrorCode::Io,
+        FailureCode::Cancelled => ErrorCode::PeerAborted,
+    }
+}
+
+fn io_code(e: &io::Error) -> ErrorCode {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => ErrorCode::DiskFull,
+        Some(libc::EACCES) | Some(libc::EPERM) => ErrorCode::PermissionDenied,
+        _ => ErrorCode::Io,
+    }
+}
+
+impl Session {
+    fn new(
+        spec: SessionSpec,
+        now: Timestamp,
+        report: mpsc::Sender<SessionReport>,
+        progress: Arc<Progress>,
+    ) -> Result<Session, (ErrorCode, String)> {
+        let sizes = spec.files.iter().map(|f| f.size).collect();
+        let manifest = Manifest::new(sizes, spec.block_size)
+            .map_err(|e| (ErrorCode::Protocol, e.to_string()))?;
+        progress
+            .total
+            .store(manifest.total_bytes(), Ordering::Relaxed);
+        let mut files = Files::new(&spec);
+        let slot_len = wire::DATA_HEADER_LEN + spec.block_size as usize + spec.cipher.trailer_len();
+        let machine = match spec.role {
+            Role::Sender => {
+                let mut cfg =
+                    SenderConfig::new(spec.session, spec.cipher, spec.secret, spec.direction);
+                cfg.policy = spec.policy;
+                cfg.limits = spec.limits;
+                let buffers = Buffers {
+                    slots: vec![vec![0; slot_len]; cfg.read_ahead as usize],
+                    control: vec![0; 256],
+                };
+                Machine::Send(Box::new(Sender::new(cfg, manifest, now)), buffers)
+            }
+            Role::Receiver => {
+                files
+                    .finish_empty()
+                    .map_err(|e| (io_code(&e), format!("creating empty files: {e}")))?;
+                let mut cfg =
+                    ReceiverConfig::new(spec.session, spec.cipher, spec.secret, spec.direction);
+                cfg.max_datagram = 1472;
+                Machine::Recv(Box::new(Receiver::new(cfg, manifest, now)), vec![0; 2048])
+            }
+        };
+        Ok(Session {
+            id: spec.session,
+            machine,
+            files,
+            peer: spec.peer,
+            started: now,
+            heard: false,
+            first_data: None,
+            done_at: None,
+            progress,
+            report,
+            error: None,
+            finished: false,
+            wire_bytes: 0,
+        })
+    }
+
+    fn fail(&mut self, code: ErrorCode, message: String) {
+        if self.error.is_none() {
+            self.error = Some((code, message));
+        }
+    }
+
+    fn drops_total(&self) -> u64 {
+        match &self.machine {
+            Machine::Send(s, _) => s.drops().total(),
+            Machine::Recv(r, _) => r.drops().total(),
+        }
+    }
+
+    fn handle_datagram(&mut self, now: Timestamp, from: SocketAddr, datagram: &mut [u8]) {
+        let before = self.drops_total();
+        let delivery = match &mut self.machine {
+            Machine::Send(s, _) => {
+                s.handle_datagram(now, datagram);
+                None
+            }
+            Machine::Recv(r, _) => r.handle_datagram(now, datagram),
+        };
+        if self.drops_total() != before {
+            return;
+        }
+        // Authentic: this is where the peer is (learned, or moved).
+        self.peer = Some(from);
+        if !self.heard {
+            self.heard = true;
+            self.progress.started.store(true, Ordering::Relaxed);
+        }
+        if let Some(d) = delivery {
+            self.first_data.get_or_insert(now);
+            let result = self
+                .files
+                .write(d.file, d.offset, &datagram[d.payload.clone()])
+                .map_err(|e| {
+                    let code = io_code(&e);
+                    let path = self.files.entries[d.file as usize].path.clone();
+                    (code, format!("writing {path}: {e}"))
+                });
+            let Machine::Recv(r, _) = &mut self.machine else {
+                unreachable!()
+            };
+            match result {
+                Ok(()) => r.handle_write_done(now, Ok(())),
+                Err((code, msg)) => {
+                    self.error.get_or_insert((code, msg.clone()));
+                    r.handle_write_done(now, Err(msg));
+                }
+            }
+            self.progress
+                .bytes
+                .store(r.stats().new_bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Lets the machine do everything it can at `now`: disk reads, datagrams out.
+    fn drive(&mut self, now: Timestamp, socket: &UdpSocket) {
+        match &mut self.machine {
+            Machine::Send(s, bufs) => {
+                loop {
+                    while let Some(ev) = s.poll_event() {
+                        match ev {
+                            SenderEvent::Read { slot, block } => {
+                                let buf = &mut bufs.slots[slot as usize][wire::DATA_HEADER_LEN..]
+                                    [..block.len as usize];
+                                let r = self.files.read(block.file, block.offset, buf);
+                                if let Err(e) = &r {
+                                    let path = &self.files.entries[block.file as usize].path;
+                                    self.error.get_or_insert((
+                                        ErrorCode::SourceVanished,
+                                        format!("reading {path}: {e}"),
+                                    ));
+                                }
+                                s.handle_read_done(now, slot, r.map_err(|e| e.to_string()));
+                            }
+                            SenderEvent::Complete => {
+                                self.done_at.get_or_insert(now);
+                            }
+                            SenderEvent::Failed(f) => {
+                                let code = failure_code(f.code, Role::Sender);
+                                self.error.get_or_insert((code, f.reason));
+                            }
+                        }
+                    }
+                    let Some(peer) = self.peer else { break };
+                    let Some(tx) = s.poll_transmit(now, bufs) else {
+                        break;
+                    };
+                    let bytes = match tx.buffer {
+                        TxBuffer::Slot(i) => &bufs.slots[i as usize][..tx.len],
+                        TxBuffer::Control => &bufs.control[..tx.len],
+                    };
+                    if matches!(tx.buffer, TxBuffer::Slot(_)) {
+                        self.first_data.get_or_insert(now);
+                    }
+                    send(socket, bytes, peer);
+                    self.wire_bytes += tx.len as u64;
+                }
+                self.progress
+                    .bytes
+                    .store(s.acknowledged_bytes(), Ordering::Relaxed);
+                self.progress
+                    .rate_bps
+                    .store((s.controller().rate() * 8.0) as u64, Ordering::Relaxed);
+                if s.is_done() {
+                    self.finished = true;
+                }
+            }
+            Machine::Recv(r, buf) => {
+                while let Some(ev) = r.poll_event() {
+                    match ev {
+                        ReceiverEvent::Complete => {
+                            self.done_at.get_or_insert(now);
+                        }
+                        ReceiverEvent::Closed => self.finished = true,
+                        ReceiverEvent::Failed(f) => {
+                            let code = failure_code(f.code, Role::Receiver);
+                            self.error.get_or_insert((code, f.reason));
+                            self.finished = true;
+                        }
+                    }
+                }
+                if self.error.is_some() && !self.finished {
+                    if let (Some(peer), Some(len)) =
+                        (self.peer, r.close(now, FailureCode::WriteFailed, buf))
+                    {
+                        send(socket, &buf[..len], peer);
+                    }
+                    self.finished = true;
+                }
+                if let Some(peer) = self.peer {
+                    while let Some(len) = r.poll_transmit(now, buf) {
+                        send(socket, &buf[..len], peer);
+                        self.wire_bytes += len as u64;
+                    }
+                }
+                if r.is_done() {
+                    self.finished = true;
+                }
+            }
+        }
+        if !self.heard && now.saturating_since(self.started) > UDP_START_TIMEOUT {
+            let port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
+            self.fail(
+                ErrorCode::UdpStart,
+                format!(
+                    "no UDP datagram from the peer within {} s (local UDP port {port}): \
+                     is UDP blocked in either direction?",
+                    UDP_START_TIMEOUT.as_secs()
+                ),
+            );
+            self.finished = true;
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Timestamp> {
+        let t = match &self.machine {
+            Machine::Send(s, _) => s.poll_timeout(),
+            Machine::Recv(r, _) => r.poll_timeout(),
+        };
+        if self.heard {
+            t
+        } else {
+            let start = self.started + UDP_START_TIMEOUT + Duration::from_millis(1);
+            Some(t.map_or(start, |t| t.min(start)))
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Timestamp) {
+        match &mut self.machine {
+            Machine::Send(s, _) => s.handle_timeout(now),
+            Machine::Recv(r, _) => r.handle_timeout(now),
+        }
+    }
+
+    fn into_report(self) -> (mpsc::Sender<SessionReport>, SessionReport) {
+        let (bytes, retransmitted, drops) = match &self.machine {
+            Machine::Send(s, _) => (
+                s.acknowledged_bytes(),
+                s.stats().resent_bytes + s.stats().copy_bytes,
+                s.drops().nonzero(),
+            ),
+            Machine::Recv(r, _) => (r.stats().new_bytes, 0, r.drops().nonzero()),
+        };
+        let data_secs = match (self.first_data, self.done_at) {
+            (Some(a), Some(b)) => b.saturating_since(a).as_secs_f64(),
+            _ => 0.0,
+        };
+        let error = match (self.error, self.done_at) {
+            (Some(e), _) => Some(e),
+            (None, Some(_)) => None,
+            (None, None) => Some((ErrorCode::PeerAborted, "the session ended early".into())),
+        };
+        let report = SessionReport {
+            error,
+            bytes,
+            wire_bytes: self.wire_bytes,
+            retransmitted_bytes: retransmitted,
+            data_secs,
+            drops,
+        };
+        (self.report, report)
+    }
+}
+
+fn send(socket: &UdpSocket, bytes: &[u8], peer: SocketAddr) {
+    loop {
+        match socket.send_to(bytes, peer) {
+            Ok(_) => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // The socket buffer is full: wait for room rather than drop our own datagram.
+                let mut pfd = libc::pollfd {
+                    fd: socket.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                unsafe {
+                    libc::poll(&mut pfd, 1, 10);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // ICMP errors (port unreachable) and the like: the datagram is lost, the
+            // protocol recovers or times out.
+            Err(_) => return,
+        }
+    }
+}
+
+struct DataThread {
+    socket: UdpSocket,
+    commands: mpsc::Receiver<Command>,
+    sessions: HashMap<u32, Session>,
+    epoch: Instant,
+    unknown_session: u64,
+}
+
+impl DataThread {
+    fn new(socket: UdpSocket, commands: mpsc::Receiver<Command>) -> Self {
+        DataThread {
+            socket,
+            commands,
+            sessions: HashMap::new(),
+            epoch: Instant::now(),
+            unknown_session: 0,
+        }
+    }
+
+    fn now(&self) -> Timestamp {
+        Timestamp::from_nanos(self.epoch.elapsed().as_nanos() as u64)
+    }
+
+    fn run(mut self) {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            loop {
+                match self.commands.try_recv() {
+                    Ok(Command::Add(spec, report, progress)) => {
+                        let now = self.now();
+                        let id = spec.session;
+                        match Session::new(spec, now, report.clone(), progress) {
+                            Ok(s) => {
+                                self.sessions.insert(id, s);
+                            }
+                            Err((code, msg)) => {
+                                let _ = report.send(SessionReport::failed(code, msg));
+                            }
+                        }
+                    }
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        if self.sessions.is_empty() {
+                            return;
+                        }
+                        break;
+                    }
+                }
+            }
+            let now = self.now();
+            for s in self.sessions.values_mut() {
+                s.drive(now, &self.socket);
+            }
+            self.reap();
+            let next = self
+                .sessions
+                .values()
+                .filter_map(Session::poll_timeout)
+                .min();
+            let wait = match next {
+                Some(t) => t.saturating_since(self.now()),
+                None => Duration::from_millis(200),
+            };
+            if !wait.is_zero() {
+                wait_readable(&self.socket, wait.min(Duration::from_millis(200)));
+            }
+            // Take in what arrived, a bounded batch at a time so sending is not starved.
+            for _ in 0..256 {
+                let (n, from) = match self.socket.recv_from(&mut buf) {
+                    Ok(x) => x,
+                    Err(_) => break,
+                };
+                let now = self.now();
+                let datagram = &mut buf[..n];
+                if datagram.len() < wire::COMMON_HEADER_LEN {
+                    self.unknown_session += 1;
+                    continue;
+                }
+                let id = u32::from_be_bytes(datagram[4..8].try_into().expect("4 bytes"));
+                match self.sessions.get_mut(&id) {
+                    Some(s) => s.handle_datagram(now, from, datagram),
+                    None => self.unknown_session += 1,
+                }
+            }
+            let now = self.now();
+            for s in self.sessions.values_mut() {
+                if s.poll_timeout().is_some_and(|t| t <= now) {
+                    s.handle_timeout(now);
+                }
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        let ended: Vec<u32> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.finished)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ended {
+            let s = self.sessions.remove(&id).expect("listed");
+            debug_assert_eq!(s.id, id);
+            let (tx, report) = s.into_report();
+            let _ = tx.send(report);
+        }
+    }
+}
+
+/// Seconds and nanoseconds since the epoch of a modification time.
+pub fn mtime_of(meta: &fs::Metadata) -> (i64, u32) {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or((0, 0), |d| (d.as_secs() as i64, d.subsec_nanos()))
+}
+
+/// The largest block that fits one datagram on the way to `peer`: 64 KiB datagrams on
+/// loopback (nothing fragments there), 1500-byte Ethernet otherwise until path-MTU
+/// discovery lands.
+pub fn block_size_for(peer: &SocketAddr, cipher: Cipher) -> u32 {
+    let overhead = wire::DATA_HEADER_LEN + cipher.trailer_len();
+    let datagram = if peer.ip().is_loopback() {
+        65_507
+    } else {
+        1_472
+    };
+    let block = datagram - overhead;
+    // Whole 4 KiB pages where they fit, so reads stay page-aligned.
+    (if block >= 4096 {
+        block / 4096 * 4096
+    } else {
+        block
+    }) as u32
 }

@@ -1,6 +1,7 @@
 //! ferry's developer tasks. `cargo xtask --help` lists them.
 
 mod ci;
+mod demo;
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,12 @@ enum Task {
     Ci,
     /// Run the sans-IO protocol over the simulated network.
     Sim(SimArgs),
+    /// A real transfer on loopback: build, start a ferryd, send a file up and back.
+    Demo {
+        /// Size of the file, MiB.
+        #[arg(long, default_value_t = 256)]
+        size_mib: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -209,5 +216,6 @@ fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Ci => ci::run(),
         Task::Sim(a) => sim(a),
+        Task::Demo { size_mib } => demo::run_demo(size_mib),
     }
 }

@@ -102,7 +102,7 @@ impl Manifest {
     pub fn global(&self, r: &BlockRef) -> Option<u64> {
         let size = self.size(r.file)?;
         let b = u64::from(self.block_size);
-        if r.offset % b != 0 || r.offset >= size {
+        if !r.offset.is_multiple_of(b) || r.offset >= size {
             return None;
         }
         let expect = (size - r.offset).min(b);

@@ -229,6 +229,8 @@ pub struct Sender<A: Aead = DefaultAead> {
     probe_backoff: u32,
     /// Smoothed time between feedbacks.
     feedback_gap: Duration,
+    /// The receiver confirmed it holds everything.
+    completed: bool,
 }
 
 use ferry_tuning::Pacer;
@@ -280,6 +282,7 @@ impl<A: Aead> Sender<A> {
             probe_deadline: None,
             probe_backoff: 0,
             feedback_gap: Duration::from_millis(5),
+            completed: false,
             manifest,
             cfg,
         }
@@ -329,6 +332,19 @@ impl<A: Aead> Sender<A> {
     /// Whether the session is over (completed or failed).
     pub fn is_done(&self) -> bool {
         self.state == State::Done
+    }
+
+    /// Payload bytes the receiver reports taken in (duplicates included, so an
+    /// approximation for progress), at most the manifest's total.
+    pub fn acknowledged_bytes(&self) -> u64 {
+        if self.state != State::Sending && self.events_completed() {
+            return self.manifest.total_bytes();
+        }
+        self.acked_payload.min(self.manifest.total_bytes())
+    }
+
+    fn events_completed(&self) -> bool {
+        self.completed
     }
 
     /// Payload bytes in flight: sent, neither reported received nor reported lost.
@@ -382,6 +398,7 @@ impl<A: Aead> Sender<A> {
     }
 
     fn complete(&mut self) {
+        self.completed = true;
         if self.state == State::Sending {
             self.state = State::Closing {
                 code: wire::close_code::COMPLETE,

@@ -1,2 +1,575 @@
-//! placeholder
-fn main() {}
+//! `ferry`: send files to, or fetch them from, a ferryd.
+//!
+//! `ferry send [OPTIONS] SRC... [USER@]HOST:DEST` and
+//! `ferry recv [OPTIONS] [USER@]HOST:SRC... DEST`, with the flags of `shared/CONTRACT.md`.
+//! The control channel (SSH) agrees on the files, the session secret and the UDP port; the
+//! data then moves through this process's own data plane.
+
+use std::io::{IsTerminal, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use ferry_engine::config::parse_rate;
+use ferry_engine::control::client::{ClientOptions, Control, default_known_hosts, default_user};
+use ferry_engine::control::{DownloadRequest, ErrorCode, TransferParams, UploadRequest};
+use ferry_engine::data::{self, DataPlane, FileEntry, Role, SessionReport, SessionSpec};
+use ferry_engine::paths::validate_relative;
+use ferry_proto::crypto::{Cipher, Direction};
+use ferry_tuning::{Policy, RateLimits};
+
+#[derive(Parser)]
+#[command(name = "ferry", version, about = "High-speed file transfer over UDP")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Send local files or directories to a ferryd: SRC... [USER@]HOST:DEST
+    Send {
+        #[command(flatten)]
+        opts: Options,
+        /// Local sources, then the remote destination directory.
+        #[arg(required = true, num_args = 2..)]
+        args: Vec<String>,
+    },
+    /// Fetch files or directories from a ferryd: [USER@]HOST:SRC... DEST
+    Recv {
+        #[command(flatten)]
+        opts: Options,
+        /// Remote sources, then the local destination directory.
+        #[arg(required = true, num_args = 2..)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Options {
+    /// TCP (SSH) port of ferryd.
+    #[arg(short = 'P', long, default_value_t = 33001)]
+    port: u16,
+    /// UDP port of ferryd (the server's answer takes precedence).
+    #[arg(short = 'O', long)]
+    udp_port: Option<u16>,
+    /// Private key (default ~/.ssh/id_ed25519, then ssh-agent).
+    #[arg(short = 'i', long)]
+    identity: Option<PathBuf>,
+    /// known_hosts file (default ~/.ssh/known_hosts).
+    #[arg(long)]
+    known_hosts: Option<PathBuf>,
+    /// Trust and record a host key seen for the first time.
+    #[arg(long)]
+    accept_new: bool,
+    /// Target rate, e.g. 500m, 10g, 800k (bits per second).
+    #[arg(short = 'l', long, value_parser = parse_rate)]
+    target_rate: Option<u64>,
+    /// Minimum rate.
+    #[arg(short = 'm', long, value_parser = parse_rate)]
+    min_rate: Option<u64>,
+    /// fixed | high | fair | low.
+    #[arg(long)]
+    policy: Option<Policy>,
+    /// aes128 | aes256 | none.
+    #[arg(short = 'c', long, default_value = "aes128")]
+    cipher: Cipher,
+    /// Resume level 0..3 (not implemented yet: files are sent whole).
+    #[arg(short = 'k', long, default_value_t = 0)]
+    resume: u8,
+    /// never | always | diff | older | diff+older (not implemented yet: always).
+    #[arg(long, default_value = "diff")]
+    overwrite: String,
+    /// Multi-session count (not implemented yet: one session).
+    #[arg(long)]
+    sessions: Option<u32>,
+    /// Split threshold for multi-session transfers (not implemented yet).
+    #[arg(long)]
+    split_threshold: Option<String>,
+    /// Rename files without waiting for them to be on disk.
+    #[arg(long)]
+    no_fsync: bool,
+    /// Machine-readable JSON lines on stdout instead of a progress bar.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `[USER@]HOST:PATH`.
+struct Remote {
+    user: String,
+    host: String,
+    path: String,
+}
+
+fn parse_remote(s: &str) -> Option<Remote> {
+    let (user, rest) = match s.split_once('@') {
+        Some((u, r)) if !u.is_empty() && !u.contains(':') && !u.contains('/') => (u.to_string(), r),
+        _ => (default_user(), s),
+    };
+    let (host, path) = if let Some(r) = rest.strip_prefix('[') {
+        let (h, p) = r.split_once("]:")?;
+        (h.to_string(), p)
+    } else {
+        let (h, p) = rest.split_once(':')?;
+        (h.to_string(), p)
+    };
+    if host.is_empty() || host.contains('/') {
+        return None;
+    }
+    Some(Remote {
+        user,
+        host,
+        path: path.to_string(),
+    })
+}
+
+struct Failure(ErrorCode, String);
+
+impl From<(ErrorCode, String)> for Failure {
+    fn from((c, m): (ErrorCode, String)) -> Self {
+        Failure(c, m)
+    }
+}
+
+/// What the last JSON line and the summary need.
+struct Outcome {
+    files: usize,
+    bytes: u64,
+    wire_bytes: u64,
+    retransmitted_bytes: u64,
+    data_secs: f64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let started = Instant::now();
+    let (json, result) = match cli.command {
+        Command::Send { opts, args } => (opts.json, send(&opts, &args)),
+        Command::Recv { opts, args } => (opts.json, recv(&opts, &args)),
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    match result {
+        Ok(o) => {
+            let rate = if o.data_secs > 0.0 {
+                (o.bytes as f64 * 8.0 / o.data_secs) as u64
+            } else {
+                0
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "event": "done", "status": "ok", "files": o.files, "bytes": o.bytes,
+                        "elapsed_s": elapsed, "rate_bps": rate, "wire_bytes": o.wire_bytes,
+                        "retransmitted_bytes": o.retransmitted_bytes,
+                        "code": null, "message": null,
+                    })
+                );
+            } else {
+                eprintln!(
+                    "done: {} file(s), {} in {:.2} s, {} during the data phase",
+                    o.files,
+                    human_bytes(o.bytes),
+                    elapsed,
+                    ferry_engine::config::format_rate(rate)
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(Failure(code, message)) => {
+            let line = code.render(&message);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "event": "done", "status": "error", "files": 0, "bytes": 0,
+                        "elapsed_s": elapsed, "rate_bps": 0, "wire_bytes": 0,
+                        "retransmitted_bytes": 0, "code": code.code(),
+                        "name": code.name(), "message": message, "action": code.action(),
+                    })
+                );
+            }
+            eprintln!("ferry: {line}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn warn_unimplemented(o: &Options) {
+    if o.resume != 0 {
+        eprintln!(
+            "ferry: note: resume (-k {}) is not implemented yet; files are sent whole",
+            o.resume
+        );
+    }
+    if o.sessions.is_some_and(|n| n > 1) || o.split_threshold.is_some() {
+        eprintln!(
+            "ferry: note: multi-session transfers are not implemented yet; using one session"
+        );
+    }
+    if o.overwrite != "diff" && o.overwrite != "always" {
+        eprintln!(
+            "ferry: note: --overwrite {} is not implemented yet; existing files are replaced",
+            o.overwrite
+        );
+    }
+}
+
+fn client_options(o: &Options, r: &Remote) -> ClientOptions {
+    let mut c = ClientOptions::new(r.host.clone(), r.user.clone());
+    c.port = o.port;
+    c.identity = o.identity.clone();
+    c.known_hosts = o.known_hosts.clone().unwrap_or_else(default_known_hosts);
+    c.accept_new = o.accept_new;
+    c
+}
+
+fn params(o: &Options, block_size: u32) -> TransferParams {
+    TransferParams {
+        cipher: o.cipher.to_string(),
+        policy: o.policy.map(|p| p.to_string()).unwrap_or_default(),
+        target_bps: o.target_rate.unwrap_or(0),
+        min_bps: o.min_rate.unwrap_or(0),
+        block_size,
+    }
+}
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, Failure> {
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| Failure(ErrorCode::TcpConnect, format!("cannot resolve {host}: {e}")))?
+        .next()
+        .ok_or_else(|| Failure(ErrorCode::TcpConnect, format!("{host} has no address")))
+}
+
+fn start_data_plane(server: &SocketAddr) -> Result<DataPlane, Failure> {
+    let any: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    DataPlane::start(any).map_err(|e| Failure(ErrorCode::Io, format!("binding a UDP socket: {e}")))
+}
+
+/// The local side of an upload: manifest entries (relative names), the local path of each,
+/// and the directories to create.
+type Collected = (Vec<FileEntry>, Vec<PathBuf>, Vec<String>);
+
+/// Walks the local sources into manifest entries, local paths and directories.
+fn collect(sources: &[String]) -> Result<Collected, Failure> {
+    let mut files = Vec::new();
+    let mut locals = Vec::new();
+    let mut dirs = Vec::new();
+    for src in sources {
+        let path = Path::new(src);
+        let meta = std::fs::metadata(path)
+            .map_err(|e| Failure(ErrorCode::SourceMissing, format!("{src}: {e}")))?;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| {
+                Failure(
+                    ErrorCode::InvalidPath,
+                    format!("{src}: no usable file name"),
+                )
+            })?
+            .to_string();
+        walk(path, &name, &meta, &mut files, &mut locals, &mut dirs)?;
+    }
+    Ok((files, locals, dirs))
+}
+
+fn walk(
+    path: &Path,
+    rel: &str,
+    meta: &std::fs::Metadata,
+    files: &mut Vec<FileEntry>,
+    locals: &mut Vec<PathBuf>,
+    dirs: &mut Vec<String>,
+) -> Result<(), Failure> {
+    use std::os::unix::fs::PermissionsExt;
+    validate_relative(rel).map_err(|e| Failure(e.code(), e.to_string()))?;
+    if meta.is_dir() {
+        dirs.push(rel.to_string());
+        let mut entries: Vec<_> = std::fs::read_dir(path)
+            .map_err(|e| Failure(ErrorCode::from_io(&e), format!("{}: {e}", path.display())))?
+            .filter_map(Result::ok)
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let Some(name) = e.file_name().to_str().map(str::to_string) else {
+                eprintln!("ferry: skipping {}: name is not UTF-8", e.path().display());
+                continue;
+            };
+            let m = std::fs::metadata(e.path()).map_err(|err| {
+                Failure(
+                    ErrorCode::from_io(&err),
+                    format!("{}: {err}", e.path().display()),
+                )
+            })?;
+            walk(&e.path(), &format!("{rel}/{name}"), &m, files, locals, dirs)?;
+        }
+    } else if meta.is_file() {
+        files.push(FileEntry {
+            path: rel.to_string(),
+            size: meta.len(),
+            mtime: data::mtime_of(meta),
+            mode: meta.permissions().mode() & 0o7777,
+        });
+        locals.push(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()));
+    } else {
+        eprintln!(
+            "ferry: skipping {}: not a regular file or directory",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn send(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
+    warn_unimplemented(o);
+    let (sources, dest) = args.split_at(args.len() - 1);
+    let remote = parse_remote(&dest[0]).ok_or_else(|| {
+        Failure(
+            ErrorCode::BadRequest,
+            format!("{}: expected [USER@]HOST:DEST", dest[0]),
+        )
+    })?;
+    let (files, locals, dirs) = collect(sources)?;
+    let server_tcp = resolve(&remote.host, o.port)?;
+    let block = data::block_size_for(&server_tcp, o.cipher);
+    let mut control = Control::connect(&client_options(o, &remote))?;
+    let plane = start_data_plane(&server_tcp)?;
+    let ready = control.upload(UploadRequest {
+        dest: remote.path.clone(),
+        files: files.clone(),
+        dirs,
+        params: params(o, block),
+        client_udp: plane.local_addr().port(),
+    })?;
+    let secret =
+        ferry_engine::control::messages::secret_from_hex(&ready.secret).ok_or_else(|| {
+            Failure(
+                ErrorCode::Protocol,
+                "the server sent a malformed secret".into(),
+            )
+        })?;
+    let peer = SocketAddr::new(server_tcp.ip(), ready.udp_port);
+    // The data plane reads each file from its local path: the manifest names travel, the
+    // local paths stay here.
+    let local_files = files
+        .iter()
+        .zip(&locals)
+        .map(|(f, l)| FileEntry {
+            path: l.to_string_lossy().into_owned(),
+            ..f.clone()
+        })
+        .collect();
+    let spec = SessionSpec {
+        role: Role::Sender,
+        session: ready.session,
+        secret,
+        cipher: ready.cipher.parse().map_err(|_| {
+            Failure(
+                ErrorCode::Protocol,
+                format!("unknown cipher {}", ready.cipher),
+            )
+        })?,
+        direction: Direction::ClientToServer,
+        block_size: ready.block_size,
+        policy: ready.policy.parse().unwrap_or(Policy::Fair),
+        limits: RateLimits::new(ready.target_bps, ready.min_bps),
+        root: PathBuf::from("/"),
+        files: local_files,
+        peer: Some(peer),
+        no_fsync: o.no_fsync,
+    };
+    let report = run_session(&plane, spec, o.json)?;
+    // The server's word decides: its files are renamed only once complete and durable.
+    let done = control.wait_done(Some(Duration::from_secs(120)))?;
+    if let Some(err) = done.error() {
+        return Err(err.into());
+    }
+    if let Some(err) = report.error {
+        return Err(err.into());
+    }
+    Ok(Outcome {
+        files: files.len(),
+        bytes: done.bytes.max(report.bytes),
+        wire_bytes: report.wire_bytes,
+        retransmitted_bytes: report.retransmitted_bytes,
+        data_secs: report.data_secs,
+    })
+}
+
+fn recv(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
+    warn_unimplemented(o);
+    let (sources, dest) = args.split_at(args.len() - 1);
+    let dest = PathBuf::from(&dest[0]);
+    if !dest.is_dir() {
+        return Err(Failure(
+            ErrorCode::DestinationMissing,
+            format!("{} is not an existing directory", dest.display()),
+        ));
+    }
+    let mut remote: Option<Remote> = None;
+    let mut paths = Vec::new();
+    for s in sources {
+        let r = parse_remote(s).ok_or_else(|| {
+            Failure(
+                ErrorCode::BadRequest,
+                format!("{s}: expected [USER@]HOST:SRC"),
+            )
+        })?;
+        if let Some(prev) = &remote
+            && (prev.host != r.host || prev.user != r.user)
+        {
+            return Err(Failure(
+                ErrorCode::BadRequest,
+                "all sources must be on one host, as one user".into(),
+            ));
+        }
+        paths.push(r.path.clone());
+        remote = Some(r);
+    }
+    let remote = remote.expect("at least one source");
+    let server_tcp = resolve(&remote.host, o.port)?;
+    let block = data::block_size_for(&server_tcp, o.cipher);
+    let mut control = Control::connect(&client_options(o, &remote))?;
+    let plane = start_data_plane(&server_tcp)?;
+    let manifest = control.download(DownloadRequest {
+        sources: paths,
+        params: params(o, block),
+        client_udp: plane.local_addr().port(),
+    })?;
+    for d in &manifest.dirs {
+        validate_relative(d)
+            .map_err(|e| Failure(ErrorCode::Protocol, format!("server sent {d:?}: {e}")))?;
+        std::fs::create_dir_all(dest.join(d)).map_err(|e| {
+            Failure(
+                ErrorCode::from_io(&e),
+                format!("creating {}: {e}", dest.join(d).display()),
+            )
+        })?;
+    }
+    for f in &manifest.files {
+        validate_relative(&f.path).map_err(|e| {
+            Failure(
+                ErrorCode::Protocol,
+                format!("server sent {:?}: {e}", f.path),
+            )
+        })?;
+    }
+    let s = &manifest.session;
+    let secret = ferry_engine::control::messages::secret_from_hex(&s.secret).ok_or_else(|| {
+        Failure(
+            ErrorCode::Protocol,
+            "the server sent a malformed secret".into(),
+        )
+    })?;
+    let spec = SessionSpec {
+        role: Role::Receiver,
+        session: s.session,
+        secret,
+        cipher: s
+            .cipher
+            .parse()
+            .map_err(|_| Failure(ErrorCode::Protocol, format!("unknown cipher {}", s.cipher)))?,
+        direction: Direction::ServerToClient,
+        block_size: s.block_size,
+        policy: Policy::Fair,
+        limits: RateLimits::new(s.target_bps, s.min_bps),
+        root: dest,
+        files: manifest.files.clone(),
+        peer: Some(SocketAddr::new(server_tcp.ip(), s.udp_port)),
+        no_fsync: o.no_fsync,
+    };
+    let report = run_session(&plane, spec, o.json)?;
+    if let Some(err) = report.error {
+        return Err(err.into());
+    }
+    let done = control.wait_done(Some(Duration::from_secs(30)));
+    let (wire, retx) = match &done {
+        Ok(d) => (d.wire_bytes, d.retransmitted_bytes),
+        Err(_) => (0, 0),
+    };
+    Ok(Outcome {
+        files: manifest.files.len(),
+        bytes: report.bytes,
+        wire_bytes: wire,
+        retransmitted_bytes: retx,
+        data_secs: report.data_secs,
+    })
+}
+
+/// Runs one session to its end, reporting progress at least once a second.
+fn run_session(plane: &DataPlane, spec: SessionSpec, json: bool) -> Result<SessionReport, Failure> {
+    let handle = plane.start_session(spec);
+    let bar = !json && std::io::stderr().is_terminal();
+    let mut last = (Instant::now(), 0u64);
+    loop {
+        match handle
+            .report
+            .recv_timeout(Duration::from_millis(if json { 1000 } else { 200 }))
+        {
+            Ok(report) => {
+                if bar {
+                    eprintln!();
+                }
+                return Ok(report);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(Failure(
+                    ErrorCode::Internal,
+                    "the data plane stopped".into(),
+                ));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        let p = &handle.progress;
+        let bytes = p.bytes.load(Ordering::Relaxed);
+        let total = p.total.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let dt = now.duration_since(last.0).as_secs_f64();
+        let rate = ((bytes.saturating_sub(last.1)) as f64 * 8.0 / dt.max(1e-3)) as u64;
+        last = (now, bytes);
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"event": "progress", "bytes": bytes, "total": total, "rate_bps": rate})
+            );
+            let _ = std::io::stdout().flush();
+        } else if bar {
+            let pct = if total > 0 {
+                bytes as f64 * 100.0 / total as f64
+            } else {
+                100.0
+            };
+            eprint!(
+                "\r{:5.1}%  {} / {}  {:>12}   ",
+                pct,
+                human_bytes(bytes),
+                human_bytes(total),
+                ferry_engine::config::format_rate(rate)
+            );
+        }
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

@@ -1,2 +1,136 @@
-//! placeholder
-fn main() {}
+//! ferryd: the transfer server. SSH control on TCP, data on UDP.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ferry_engine::config::{self, FerrydConfig};
+use ferry_engine::control;
+use ferry_engine::data::DataPlane;
+
+#[derive(Parser)]
+#[command(name = "ferryd", version, about = "ferry's transfer server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a server directory: ferryd.toml, a fresh host key, an empty authorized_keys
+    /// and a docroot.
+    Init {
+        /// The directory (created if missing; existing files are never overwritten).
+        dir: PathBuf,
+    },
+    /// Run the server.
+    Run {
+        /// The configuration file.
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        /// TCP (SSH) port, overriding the file; 0 picks a free one.
+        #[arg(long)]
+        tcp_port: Option<u16>,
+        /// UDP (data) port, overriding the file; 0 picks a free one.
+        #[arg(long)]
+        udp_port: Option<u16>,
+        /// Control socket, overriding the file.
+        #[arg(long)]
+        ctl_socket: Option<PathBuf>,
+        /// Address to listen on, overriding the file.
+        #[arg(long)]
+        listen: Option<std::net::IpAddr>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Init { dir } => init(dir),
+        Command::Run {
+            config,
+            tcp_port,
+            udp_port,
+            ctl_socket,
+            listen,
+        } => run(config, tcp_port, udp_port, ctl_socket, listen),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferryd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init(dir: PathBuf) -> anyhow::Result<()> {
+    let report = config::init(&dir)?;
+    println!("wrote {}", report.config.display());
+    println!("host key {}", report.fingerprint);
+    println!(
+        "add client keys to {} (one per line; the comment is the user name)",
+        dir.join("authorized_keys").display()
+    );
+    Ok(())
+}
+
+fn run(
+    path: PathBuf,
+    tcp_port: Option<u16>,
+    udp_port: Option<u16>,
+    ctl_socket: Option<PathBuf>,
+    listen: Option<std::net::IpAddr>,
+) -> anyhow::Result<()> {
+    let mut config = FerrydConfig::load(&path)?;
+    if let Some(p) = tcp_port {
+        config.tcp_port = p;
+    }
+    if let Some(p) = udp_port {
+        config.udp_port = p;
+    }
+    if let Some(p) = ctl_socket {
+        config.ctl_socket = p;
+    }
+    if let Some(a) = listen {
+        config.listen = a;
+    }
+    if !config.docroot.is_dir() {
+        anyhow::bail!(
+            "the docroot {} is not a directory (create it, or set docroot in {})",
+            config.docroot.display(),
+            path.display()
+        );
+    }
+
+    let udp = SocketAddr::new(config.listen, config.udp_port);
+    let data = DataPlane::start(udp)
+        .with_context(|| format!("cannot start the data plane on UDP {udp}"))?;
+    let udp_addr = data.local_addr();
+    let tcp = SocketAddr::new(config.listen, config.tcp_port);
+    let listener = TcpListener::bind(tcp).with_context(|| format!("cannot listen on TCP {tcp}"))?;
+    let ctl = config.ctl_socket.clone();
+    let server = control::serve(config, data, listener)?;
+    server
+        .shutdown_on_signals()
+        .context("cannot install the signal handlers")?;
+
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "ready tcp={} udp={} ctl={}",
+        server.local_addr(),
+        udp_addr,
+        ctl.display()
+    )
+    .and_then(|()| out.flush())
+    .context("cannot write the ready line")?;
+    drop(out);
+
+    server.wait();
+    eprintln!("ferryd: stopped");
+    Ok(())
+}

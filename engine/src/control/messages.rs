@@ -1,0 +1,415 @@
+//! The control protocol spoken over the SSH channel: JSON, one message per line.
+//!
+//! The client opens a session channel, asks for the `ferry` subsystem (or execs `ferry`),
+//! and sends [`ClientMsg::Hello`] then one request, without waiting. The server answers
+//! [`ServerMsg::Hello`], then [`ServerMsg::Ready`] (upload) or [`ServerMsg::Manifest`]
+//! (download), or [`ServerMsg::Error`]; when the data plane is done it sends
+//! [`ServerMsg::Done`] and closes the channel. One transfer per channel.
+
+use crate::control::ErrorCode;
+use crate::data::FileEntry;
+
+/// The control protocol version; both sides must speak the same one.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The longest line either side accepts (a manifest of many files is one line).
+pub const MAX_LINE: usize = 256 << 20;
+
+/// Client to server.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMsg {
+    /// First message: the protocol version.
+    Hello {
+        /// [`PROTOCOL_VERSION`].
+        version: u32,
+    },
+    /// Send files to the server.
+    Upload(UploadRequest),
+    /// Fetch files from the server.
+    Download(DownloadRequest),
+}
+
+/// The rate and cipher a client asks for; zero and empty mean "the server's default".
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TransferParams {
+    /// `aes128`, `aes256` or `none`; empty means `aes128`.
+    pub cipher: String,
+    /// `fixed`, `high`, `fair` or `low`; empty means the server's default.
+    pub policy: String,
+    /// Target rate, bits per second; 0 means the server's default. Clamped to the server's
+    /// maximum.
+    pub target_bps: u64,
+    /// Minimum rate, bits per second; 0 means the server's default.
+    pub min_bps: u64,
+    /// Payload bytes per datagram; 0 means the server's default.
+    pub block_size: u32,
+}
+
+/// An upload: the client sends `files` into the directory `dest`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UploadRequest {
+    /// Destination directory, relative to the user's docroot (`/` is the docroot). It must
+    /// exist.
+    pub dest: String,
+    /// The files, paths relative to `dest`.
+    pub files: Vec<FileEntry>,
+    /// Directories to create below `dest` (empty ones included), parents first.
+    pub dirs: Vec<String>,
+    /// Cipher, rate and block size.
+    #[serde(flatten)]
+    pub params: TransferParams,
+    /// The client's UDP port (informational: the server learns the address from the first
+    /// authentic datagram).
+    pub client_udp: u16,
+}
+
+/// A download: the server sends `sources` to the client.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DownloadRequest {
+    /// Files or directories, relative to the user's docroot. All must be in the same
+    /// directory; a directory comes with everything below it.
+    pub sources: Vec<String>,
+    /// Cipher, rate and block size.
+    #[serde(flatten)]
+    pub params: TransferParams,
+    /// The client's UDP port (informational).
+    pub client_udp: u16,
+}
+
+/// Server to client.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    /// First message: the protocol version and who the client is.
+    Hello {
+        /// [`PROTOCOL_VERSION`].
+        version: u32,
+        /// The ferry user the key logged in as.
+        user: String,
+    },
+    /// The upload may start: send datagrams to `udp_port`.
+    Ready(Ready),
+    /// The download's files; the server's sender waits for the client's first datagram.
+    Manifest(Manifest),
+    /// The transfer ended (the server's data plane reported).
+    Done(Done),
+    /// The request was refused before any data moved.
+    Error(ErrorMsg),
+}
+
+/// The server's answer to an upload.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Ready {
+    /// Session id carried in every datagram.
+    pub session: u32,
+    /// The 32-byte session secret, hex.
+    pub secret: String,
+    /// The server's UDP port.
+    pub udp_port: u16,
+    /// Payload bytes per datagram.
+    pub block_size: u32,
+    /// Cipher.
+    pub cipher: String,
+    /// Rate policy.
+    pub policy: String,
+    /// Target rate after the server's clamp, bits per second.
+    pub target_bps: u64,
+    /// Minimum rate, bits per second.
+    pub min_bps: u64,
+}
+
+/// The server's answer to a download.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    /// The files, paths relative to the client's destination, in the order they travel.
+    pub files: Vec<FileEntry>,
+    /// Directories to create (empty ones included), parents first.
+    pub dirs: Vec<String>,
+    /// What the server left out, one line each (links leading elsewhere, special files).
+    #[serde(default)]
+    pub skipped: Vec<String>,
+    /// Session id, secret, port, block size, cipher and rates, as in [`Ready`].
+    #[serde(flatten)]
+    pub session: Ready,
+}
+
+/// How the transfer ended on the server's side.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Done {
+    /// Every file complete and verified.
+    pub ok: bool,
+    /// The [`ErrorCode`] number when not ok.
+    pub code: Option<u32>,
+    /// What went wrong, when not ok.
+    pub message: Option<String>,
+    /// File payload delivered.
+    pub bytes: u64,
+    /// UDP payload bytes the server sent.
+    pub wire_bytes: u64,
+    /// Payload bytes the server re-sent.
+    pub retransmitted_bytes: u64,
+    /// Seconds of the data phase, as the server measured it.
+    pub data_secs: f64,
+}
+
+impl Done {
+    /// The error as a code and a message, when not ok.
+    pub fn error(&self) -> Option<(ErrorCode, String)> {
+        if self.ok {
+            return None;
+        }
+        let code = self
+            .code
+            .and_then(ErrorCode::from_code)
+            .unwrap_or(ErrorCode::Internal);
+        Some((code, self.message.clone().unwrap_or_default()))
+    }
+}
+
+/// A refusal.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ErrorMsg {
+    /// The [`ErrorCode`] number.
+    pub code: u32,
+    /// The detail of this occurrence.
+    pub message: String,
+    /// The recommended action.
+    pub action: String,
+}
+
+impl ErrorMsg {
+    /// A refusal with `code`'s recommended action.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorMsg {
+        ErrorMsg {
+            code: code.code(),
+            message: message.into(),
+            action: code.action().to_string(),
+        }
+    }
+
+    /// The code (an unknown number reads as [`ErrorCode::Internal`]) and the message.
+    pub fn to_error(&self) -> (ErrorCode, String) {
+        (
+            ErrorCode::from_code(self.code).unwrap_or(ErrorCode::Internal),
+            self.message.clone(),
+        )
+    }
+}
+
+/// One message as a line (JSON and `\n`).
+pub fn encode_line<T: serde::Serialize>(msg: &T) -> Vec<u8> {
+    let mut v = serde_json::to_vec(msg).expect("control messages always serialise");
+    v.push(b'\n');
+    v
+}
+
+/// Splits complete lines off the front of a receive buffer.
+#[derive(Debug, Default)]
+pub struct LineBuffer {
+    buf: Vec<u8>,
+}
+
+impl LineBuffer {
+    /// Appends received bytes; fails once a line grows past [`MAX_LINE`].
+    pub fn push(&mut self, data: &[u8]) -> Result<(), String> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() > MAX_LINE && !self.buf[..MAX_LINE].contains(&b'\n') {
+            return Err(format!("a control message is longer than {MAX_LINE} bytes"));
+        }
+        Ok(())
+    }
+
+    /// The next complete line, without its `\n`.
+    pub fn next_line(&mut self) -> Option<Vec<u8>> {
+        let i = self.buf.iter().position(|&b| b == b'\n')?;
+        let mut line: Vec<u8> = self.buf.drain(..=i).collect();
+        line.pop();
+        Some(line)
+    }
+
+    /// Whether bytes of an incomplete line are waiting.
+    pub fn has_partial(&self) -> bool {
+        !self.buf.is_empty()
+    }
+}
+
+/// Hex of `bytes`, lowercase.
+pub fn to_hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(HEX[usize::from(b >> 4)] as char);
+        s.push(HEX[usize::from(b & 15)] as char);
+    }
+    s
+}
+
+/// The 32-byte session secret from its hex form.
+pub fn secret_from_hex(s: &str) -> Option<[u8; 32]> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let nib = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = nib(b[2 * i])? << 4 | nib(b[2 * i + 1])?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, size: u64) -> FileEntry {
+        FileEntry {
+            path: path.into(),
+            size,
+            mtime: (1_700_000_000, 5),
+            mode: 0o644,
+        }
+    }
+
+    #[test]
+    fn client_messages_round_trip() {
+        let msgs = [
+            ClientMsg::Hello {
+                version: PROTOCOL_VERSION,
+            },
+            ClientMsg::Upload(UploadRequest {
+                dest: "/in box".into(),
+                files: vec![entry("a/b.txt", 10), entry("ü.bin", 0)],
+                dirs: vec!["a".into(), "empty".into()],
+                params: TransferParams {
+                    cipher: "aes128".into(),
+                    policy: "fair".into(),
+                    target_bps: 500_000_000,
+                    min_bps: 0,
+                    block_size: 8192,
+                },
+                client_udp: 40000,
+            }),
+            ClientMsg::Download(DownloadRequest {
+                sources: vec!["/src.bin".into()],
+                params: TransferParams::default(),
+                client_udp: 0,
+            }),
+        ];
+        for m in msgs {
+            let line = encode_line(&m);
+            assert_eq!(line.last(), Some(&b'\n'));
+            assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+            let back: ClientMsg = serde_json::from_slice(&line[..line.len() - 1]).unwrap();
+            assert_eq!(back, m);
+        }
+        let hello = String::from_utf8(encode_line(&ClientMsg::Hello { version: 1 })).unwrap();
+        assert_eq!(hello, "{\"type\":\"hello\",\"version\":1}\n");
+    }
+
+    #[test]
+    fn server_messages_round_trip() {
+        let ready = Ready {
+            session: 7,
+            secret: to_hex(&[0xab; 32]),
+            udp_port: 33001,
+            block_size: 8192,
+            cipher: "aes128".into(),
+            policy: "fair".into(),
+            target_bps: 1,
+            min_bps: 0,
+        };
+        let msgs = [
+            ServerMsg::Hello {
+                version: 1,
+                user: "accept".into(),
+            },
+            ServerMsg::Ready(ready.clone()),
+            ServerMsg::Manifest(Manifest {
+                files: vec![entry("t/x", 3)],
+                dirs: vec!["t".into()],
+                skipped: vec!["t/fifo: not a regular file or directory".into()],
+                session: ready,
+            }),
+            ServerMsg::Done(Done {
+                ok: false,
+                code: Some(35),
+                message: Some("disk full".into()),
+                bytes: 1,
+                wire_bytes: 2,
+                retransmitted_bytes: 0,
+                data_secs: 0.5,
+            }),
+            ServerMsg::Error(ErrorMsg::new(ErrorCode::OutsideDocroot, "no")),
+        ];
+        for m in msgs {
+            let line = encode_line(&m);
+            let back: ServerMsg = serde_json::from_slice(&line[..line.len() - 1]).unwrap();
+            assert_eq!(back, m);
+        }
+    }
+
+    #[test]
+    fn done_and_error_give_codes_back() {
+        let d = Done {
+            ok: false,
+            code: Some(ErrorCode::DiskFull.code()),
+            message: Some("full".into()),
+            bytes: 0,
+            wire_bytes: 0,
+            retransmitted_bytes: 0,
+            data_secs: 0.0,
+        };
+        assert_eq!(d.error(), Some((ErrorCode::DiskFull, "full".into())));
+        let e = ErrorMsg::new(ErrorCode::Auth, "x");
+        assert_eq!(e.to_error(), (ErrorCode::Auth, "x".into()));
+        assert_eq!(e.action, ErrorCode::Auth.action());
+        let unknown = ErrorMsg {
+            code: 12345,
+            message: "?".into(),
+            action: String::new(),
+        };
+        assert_eq!(unknown.to_error().0, ErrorCode::Internal);
+    }
+
+    #[test]
+    fn malformed_messages_are_errors_not_panics() {
+        for bad in [
+            &b""[..],
+            b"{",
+            b"null",
+            b"{\"type\":\"nope\"}",
+            b"{\"type\":\"upload\"}",
+            b"\xff\xfe",
+        ] {
+            assert!(serde_json::from_slice::<ClientMsg>(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn lines_split() {
+        let mut lb = LineBuffer::default();
+        lb.push(b"ab").unwrap();
+        assert_eq!(lb.next_line(), None);
+        lb.push(b"c\nde\n\nf").unwrap();
+        assert_eq!(lb.next_line(), Some(b"abc".to_vec()));
+        assert_eq!(lb.next_line(), Some(b"de".to_vec()));
+        assert_eq!(lb.next_line(), Some(b"".to_vec()));
+        assert_eq!(lb.next_line(), None);
+        assert!(lb.has_partial());
+    }
+
+    #[test]
+    fn hex_secret_round_trips() {
+        let s: [u8; 32] = std::array::from_fn(|i| i as u8 * 7);
+        assert_eq!(secret_from_hex(&to_hex(&s)), Some(s));
+        assert_eq!(secret_from_hex("00"), None);
+        assert_eq!(secret_from_hex(&"zz".repeat(32)), None);
+    }
+}

@@ -1,0 +1,1029 @@
+//! ferryd's side of the control channel: an embedded SSH server (russh) on its own thread.
+//!
+//! tokio lives on the control thread only. Each transfer is handed to the data plane as a
+//! [`SessionSpec`] through a [`SessionStarter`], and its [`SessionReport`] comes back over a
+//! channel; the data plane never sees tokio.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fs;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ferry_proto::crypto::{Cipher, Direction, TAG_LEN};
+use ferry_proto::wire::DATA_HEADER_LEN;
+use ferry_tuning::{Policy, RateLimits};
+use russh::server::{Auth, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, ChannelMsg, MethodKind, MethodSet};
+use tokio::sync::watch;
+
+use super::authorized_keys;
+use super::messages::{
+    ClientMsg, Done, DownloadRequest, ErrorMsg, LineBuffer, Manifest, PROTOCOL_VERSION, Ready,
+    ServerMsg, TransferParams, UploadRequest, encode_line, to_hex,
+};
+use super::{ErrorCode, SUBSYSTEM};
+use crate::config::FerrydConfig;
+use crate::data::{DataPlane, FileEntry, Role, SessionReport, SessionSpec};
+use crate::paths::{Docroot, PathError, validate_relative};
+
+/// The largest payload per datagram: a UDP datagram (65 507 bytes) less the data header and
+/// the AEAD tag.
+pub const MAX_BLOCK_SIZE: u32 = (65_507 - DATA_HEADER_LEN - TAG_LEN) as u32;
+/// The smallest payload per datagram a client may ask for.
+pub const MIN_BLOCK_SIZE: u32 = 512;
+
+/// How long connections get to deliver their last words after shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How often a waiting transfer looks for its data-plane report.
+const REPORT_POLL: Duration = Duration::from_millis(20);
+
+/// What the control plane needs of a data plane: start a session, and say where it listens.
+/// Implemented by [`DataPlane`]; tests use a fake.
+pub trait SessionStarter: Send + Sync + 'static {
+    /// Starts a session; the channel yields its report when it ends.
+    fn start(&self, spec: SessionSpec) -> mpsc::Receiver<SessionReport>;
+    /// The data plane's UDP port.
+    fn udp_port(&self) -> u16;
+}
+
+impl SessionStarter for DataPlane {
+    fn start(&self, spec: SessionSpec) -> mpsc::Receiver<SessionReport> {
+        self.add_session(spec)
+    }
+
+    fn udp_port(&self) -> u16 {
+        self.local_addr().port()
+    }
+}
+
+/// A running control server.
+#[derive(Debug)]
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    stop: Arc<watch::Sender<bool>>,
+    runtime: tokio::runtime::Handle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// The TCP address it accepts on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting; transfers still waiting for their report are told the server is
+    /// shutting down. Returns at once; [`ServerHandle::wait`] waits for the end.
+    pub fn shutdown(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Shuts down on SIGTERM or SIGINT (instead of dying from them).
+    pub fn shutdown_on_signals(&self) -> io::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _guard = self.runtime.enter();
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let stop = self.stop.clone();
+        self.runtime.spawn(async move {
+            tokio::select! {
+                _ = term.recv() => eprintln!("ferryd: SIGTERM: shutting down"),
+                _ = int.recv() => eprintln!("ferryd: SIGINT: shutting down"),
+            }
+            stop.send_replace(true);
+        });
+        Ok(())
+    }
+
+    /// Waits until the server has stopped (after [`ServerHandle::shutdown`] or a signal).
+    pub fn wait(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.stop.send_replace(true);
+            let _ = t.join();
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The host key could not be read.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The runtime, thread or socket could not be set up.
+    #[error("control server: {0}")]
+    Io(#[from] io::Error),
+}
+
+struct Shared<S> {
+    config: FerrydConfig,
+    starter: S,
+    stop: watch::Receiver<bool>,
+}
+
+/// Starts the control server on `listener` (already bound, so port 0 has its real port) on a
+/// thread of its own, and returns once it accepts connections.
+pub fn serve<S: SessionStarter>(
+    config: FerrydConfig,
+    starter: S,
+    listener: std::net::TcpListener,
+) -> Result<ServerHandle, ServeError> {
+    let host_key = config.load_host_key()?;
+    let local_addr = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handle = runtime.handle().clone();
+    let listener = {
+        let _guard = runtime.enter();
+        tokio::net::TcpListener::from_std(listener)?
+    };
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let ssh = russh::server::Config {
+        keys: vec![host_key],
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        auth_rejection_time: Duration::from_millis(300),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        // A transfer keeps its control channel silent for as long as the data flows:
+        // no inactivity timeout, keepalives find dead clients instead.
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_max: 4,
+        nodelay: true,
+        ..Default::default()
+    };
+    let shared = Arc::new(Shared {
+        config,
+        starter,
+        stop: stop_rx,
+    });
+    let thread = std::thread::Builder::new()
+        .name("ferry-control".into())
+        .spawn(move || runtime.block_on(accept_loop(listener, Arc::new(ssh), shared)))?;
+    Ok(ServerHandle {
+        local_addr,
+        stop: Arc::new(stop_tx),
+        runtime: handle,
+        thread: Some(thread),
+    })
+}
+
+async fn accept_loop<S: SessionStarter>(
+    listener: tokio::net::TcpListener,
+    ssh: Arc<russh::server::Config>,
+    shared: Arc<Shared<S>>,
+) {
+    let mut stop = shared.stop.clone();
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((sock, peer)) => {
+                    let _ = sock.set_nodelay(true);
+                    let handler = ConnHandler {
+                        shared: shared.clone(),
+                        peer,
+                        user: None,
+                    };
+                    let ssh = ssh.clone();
+                    let mut stop = shared.stop.clone();
+                    conns.spawn(async move {
+                        let session = match russh::server::run_stream(ssh, sock, handler).await {
+                            Ok(s) => s,
+                            Err(e) => {
+                                eprintln!("ferryd: {peer}: SSH handshake failed: {e}");
+                                return;
+                            }
+                        };
+                        let handle = session.handle();
+                        tokio::select! {
+                            r = session => if let Err(e) = r
+                                && !quiet_end(&e)
+                            {
+                                eprintln!("ferryd: {peer}: connection ended: {e}");
+                            },
+                            _ = stopped(&mut stop) => {
+                                // Let the channel tasks send their last message first.
+                                tokio::time::sleep(Duration::from_millis(300)).await;
+                                let _ = handle
+                                    .disconnect(
+                                        russh::Disconnect::ByApplication,
+                                        "ferryd is shutting down".into(),
+                                        String::new(),
+                                    )
+                                    .await;
+                            }
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    eprintln!("ferryd: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+/// Whether a connection's end is ordinary (the client went away) rather than worth a log line.
+fn quiet_end(e: &russh::Error) -> bool {
+    match e {
+        russh::Error::Disconnect => true,
+        russh::Error::IO(io) => matches!(
+            io.kind(),
+            io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::BrokenPipe
+        ),
+        _ => false,
+    }
+}
+
+/// Resolves once shutdown has begun (the guard `wait_for` returns must not live across an
+/// await, or the future is not `Send`).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+struct ConnHandler<S> {
+    shared: Arc<Shared<S>>,
+    peer: SocketAddr,
+    user: Option<String>,
+}
+
+impl<S: SessionStarter> ConnHandler<S> {
+    /// Whether `key` may log in as `user`; logs why not.
+    fn authorized(&self, user: &str, key: &russh::keys::PublicKey, log: bool) -> bool {
+        let config = &self.shared.config;
+        let text = match fs::read_to_string(&config.authorized_keys) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(e) => {
+                eprintln!(
+                    "ferryd: cannot read {}: {e}",
+                    config.authorized_keys.display()
+                );
+                String::new()
+            }
+        };
+        let (keys, _warnings) = authorized_keys::parse(&text);
+        let users = authorized_keys::users_for(config, &keys, key);
+        let ok = users.iter().any(|u| u == user);
+        if !ok && log {
+            let fp = super::known_hosts::fingerprint(key);
+            if users.is_empty() {
+                eprintln!(
+                    "ferryd: {}: key {fp} for user {user:?} is not in {} nor in [users]",
+                    self.peer,
+                    config.authorized_keys.display()
+                );
+            } else {
+                eprintln!(
+                    "ferryd: {}: key {fp} logs in as {} only, not as {user:?}",
+                    self.peer,
+                    users.join(", ")
+                );
+            }
+        }
+        ok
+    }
+}
+
+impl<S: SessionStarter> russh::server::Handler for ConnHandler<S> {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(if self.authorized(user, offer.public_key, true) {
+            Auth::Accept
+        } else {
+            Auth::reject()
+        })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        if self.authorized(user, key.public_key, true) {
+            eprintln!(
+                "ferryd: {}: user {user} logged in with key {}",
+                self.peer,
+                super::known_hosts::fingerprint(key.public_key)
+            );
+            self.user = Some(user.to_string());
+            Ok(Auth::Accept)
+        } else {
+            Ok(Auth::reject())
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(user) = self.user.clone() else {
+            return Ok(()); // dropping `reply` refuses the channel
+        };
+        reply.accept().await;
+        let ctx = ChannelCtx {
+            shared: self.shared.clone(),
+            peer: self.peer,
+            user,
+        };
+        tokio::spawn(run_channel(channel, ctx));
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if is_ferry_command(data) {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        }
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if name == SUBSYSTEM {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        }
+    }
+}
+
+fn is_ferry_command(cmd: &[u8]) -> bool {
+    let cmd = cmd.trim_ascii();
+    cmd == SUBSYSTEM.as_bytes() || cmd.starts_with(b"ferry ")
+}
+
+struct ChannelCtx<S> {
+    shared: Arc<Shared<S>>,
+    peer: SocketAddr,
+    user: String,
+}
+
+async fn send(channel: &Channel<Msg>, msg: &ServerMsg) -> bool {
+    channel.data_bytes(encode_line(msg)).await.is_ok()
+}
+
+async fn finish(channel: &Channel<Msg>, ok: bool) {
+    let _ = channel.exit_status(if ok { 0 } else { 1 }).await;
+    let _ = channel.eof().await;
+    let _ = channel.close().await;
+}
+
+/// One control channel: hello, one request, the report.
+async fn run_channel<S: SessionStarter>(mut channel: Channel<Msg>, ctx: ChannelCtx<S>) {
+    let mut stop = ctx.shared.stop.clone();
+    let mut lines = LineBuffer::default();
+    let mut started = false;
+    // Phase 1: the request.
+    let (reply, report) = 'request: loop {
+        if started {
+            while let Some(line) = lines.next_line() {
+                let msg: ClientMsg = match serde_json::from_slice(&line) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        let err = ErrorMsg::new(
+                            ErrorCode::Protocol,
+                            format!("malformed control message: {e}"),
+                        );
+                        break 'request (ServerMsg::Error(err), None);
+                    }
+                };
+                match msg {
+                    ClientMsg::Hello { version } if version != PROTOCOL_VERSION => {
+                        let err = ErrorMsg::new(
+                            ErrorCode::Protocol,
+                            format!(
+                                "the client speaks control protocol {version}, this ferryd \
+                                 speaks {PROTOCOL_VERSION}"
+                            ),
+                        );
+                        break 'request (ServerMsg::Error(err), None);
+                    }
+                    ClientMsg::Hello { .. } => {}
+                    ClientMsg::Upload(req) => break 'request handle_upload(&ctx, req).await,
+                    ClientMsg::Download(req) => break 'request handle_download(&ctx, req).await,
+                }
+            }
+        }
+        let msg = tokio::select! {
+            m = channel.wait() => m,
+            _ = stopped(&mut stop) => return finish(&channel, false).await,
+        };
+        match msg {
+            Some(ChannelMsg::Exec { command, .. }) if is_ferry_command(&command) => {
+                started = true;
+            }
+            Some(ChannelMsg::RequestSubsystem { name, .. }) if name == SUBSYSTEM => {
+                started = true;
+            }
+            Some(ChannelMsg::Data { data }) => {
+                if let Err(e) = lines.push(&data) {
+                    let err = ErrorMsg::new(ErrorCode::Protocol, e);
+                    break 'request (ServerMsg::Error(err), None);
+                }
+                continue;
+            }
+            Some(ChannelMsg::Eof | ChannelMsg::Close) | None => return,
+            Some(_) => continue,
+        }
+        let hello = ServerMsg::Hello {
+            version: PROTOCOL_VERSION,
+            user: ctx.user.clone(),
+        };
+        if !send(&channel, &hello).await {
+            return;
+        }
+    };
+    let refused = matches!(reply, ServerMsg::Error(_));
+    if let ServerMsg::Error(e) = &reply {
+        eprintln!(
+            "ferryd: {} ({}): refused: {} (code {})",
+            ctx.peer, ctx.user, e.message, e.code
+        );
+    }
+    if !send(&channel, &reply).await || refused {
+        return finish(&channel, false).await;
+    }
+    let Some((session, rx)) = report else {
+        return finish(&channel, false).await;
+    };
+
+    // Phase 2: wait for the data plane's report.
+    let mut client_gone = false;
+    let done = loop {
+        tokio::select! {
+            _ = tokio::time::sleep(REPORT_POLL) => match rx.try_recv() {
+                Ok(r) => break done_from_report(&r),
+                Err(mpsc::TryRecvError::Empty) => {}
+                Err(mpsc::TryRecvError::Disconnected) => break done_error(
+                    ErrorCode::Internal,
+                    "the data plane ended the session without a report".into(),
+                ),
+            },
+            m = channel.wait(), if !client_gone => match m {
+                Some(ChannelMsg::Close) | None => {
+                    eprintln!(
+                        "ferryd: {} ({}): session {session}: the client closed the control \
+                         channel",
+                        ctx.peer, ctx.user
+                    );
+                    client_gone = true;
+                }
+                _ => {}
+            },
+            _ = stopped(&mut stop) => break done_error(
+                ErrorCode::PeerAborted,
+                "ferryd is shutting down; resume the transfer when it is back".into(),
+            ),
+        }
+    };
+    match done.error() {
+        None => eprintln!(
+            "ferryd: {} ({}): session {session} done: {} bytes",
+            ctx.peer, ctx.user, done.bytes
+        ),
+        Some((code, msg)) => eprintln!(
+            "ferryd: {} ({}): session {session} failed: {msg} (code {})",
+            ctx.peer,
+            ctx.user,
+            code.code()
+        ),
+    }
+    if !client_gone {
+        let ok = done.ok;
+        send(&channel, &ServerMsg::Done(done)).await;
+        finish(&channel, ok).await;
+    }
+}
+
+fn done_from_report(r: &SessionReport) -> Done {
+    Done {
+        ok: r.error.is_none(),
+        code: r.error.as_ref().map(|(c, _)| c.code()),
+        message: r.error.as_ref().map(|(_, m)| m.clone()),
+        bytes: r.bytes,
+        wire_bytes: r.wire_bytes,
+        retransmitted_bytes: r.retransmitted_bytes,
+        data_secs: r.data_secs,
+    }
+}
+
+fn done_error(code: ErrorCode, message: String) -> Done {
+    Done {
+        ok: false,
+        code: Some(code.code()),
+        message: Some(message),
+        bytes: 0,
+        wire_bytes: 0,
+        retransmitted_bytes: 0,
+        data_secs: 0.0,
+    }
+}
+
+type Started = Option<(u32, mpsc::Receiver<SessionReport>)>;
+
+async fn handle_upload<S: SessionStarter>(
+    ctx: &ChannelCtx<S>,
+    req: UploadRequest,
+) -> (ServerMsg, Started) {
+    let shared = ctx.shared.clone();
+    let user = ctx.user.clone();
+    let prepared =
+        tokio::task::spawn_blocking(move || prepare_upload(&shared.config, &user, req)).await;
+    start_session(ctx, prepared, |ready, _| ServerMsg::Ready(ready))
+}
+
+async fn handle_download<S: SessionStarter>(
+    ctx: &ChannelCtx<S>,
+    req: DownloadRequest,
+) -> (ServerMsg, Started) {
+    let shared = ctx.shared.clone();
+    let user = ctx.user.clone();
+    let prepared =
+        tokio::task::spawn_blocking(move || prepare_download(&shared.config, &user, req)).await;
+    start_session(ctx, prepared, |ready, p| {
+        ServerMsg::Manifest(Manifest {
+            files: p.spec.files.clone(),
+            dirs: p.dirs.clone(),
+            skipped: p.skipped.clone(),
+            session: ready,
+        })
+    })
+}
+
+/// A session ready to start, and what the reply needs besides it.
+struct Prepared {
+    spec: SessionSpec,
+    dirs: Vec<String>,
+    skipped: Vec<String>,
+}
+
+fn start_session<S: SessionStarter>(
+    ctx: &ChannelCtx<S>,
+    prepared: Result<Result<Prepared, ErrorMsg>, tokio::task::JoinError>,
+    reply: impl FnOnce(Ready, &Prepared) -> ServerMsg,
+) -> (ServerMsg, Started) {
+    let mut prepared = match prepared {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return (ServerMsg::Error(e), None),
+        Err(e) => {
+            let err = ErrorMsg::new(ErrorCode::Internal, format!("request handling failed: {e}"));
+            return (ServerMsg::Error(err), None);
+        }
+    };
+    let (session, secret) = match fresh_session() {
+        Ok(s) => s,
+        Err(e) => return (ServerMsg::Error(e), None),
+    };
+    prepared.spec.session = session;
+    prepared.spec.secret = secret;
+    let spec = &prepared.spec;
+    let ready = Ready {
+        session,
+        secret: to_hex(&secret),
+        udp_port: ctx.shared.starter.udp_port(),
+        block_size: spec.block_size,
+        cipher: spec.cipher.name().to_string(),
+        policy: spec.policy.as_str().to_string(),
+        target_bps: spec.limits.target_bps,
+        min_bps: spec.limits.min_bps,
+    };
+    let msg = reply(ready, &prepared);
+    let total: u64 = spec.files.iter().map(|f| f.size).sum();
+    eprintln!(
+        "ferryd: {} ({}): session {session}: {} {} files, {total} bytes, {} at {} bit/s ({})",
+        ctx.peer,
+        ctx.user,
+        match spec.role {
+            Role::Receiver => "upload of",
+            Role::Sender => "download of",
+        },
+        spec.files.len(),
+        spec.root.display(),
+        spec.limits.target_bps,
+        spec.policy,
+    );
+    let rx = ctx.shared.starter.start(prepared.spec);
+    (msg, Some((session, rx)))
+}
+
+fn fresh_session() -> Result<(u32, [u8; 32]), ErrorMsg> {
+    let rng_failed = || ErrorMsg::new(ErrorCode::Internal, "the system random generator failed");
+    let mut secret = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut secret).map_err(|_| rng_failed())?;
+    loop {
+        let mut id = [0u8; 4];
+        aws_lc_rs::rand::fill(&mut id).map_err(|_| rng_failed())?;
+        let id = u32::from_be_bytes(id);
+        if id != 0 {
+            return Ok((id, secret));
+        }
+    }
+}
+
+/// Cipher, policy, limits and block size from a request and the server's config.
+fn negotiate(
+    config: &FerrydConfig,
+    p: &TransferParams,
+) -> Result<(Cipher, Policy, RateLimits, u32), ErrorMsg> {
+    let cipher = if p.cipher.is_empty() {
+        Cipher::Aes128Gcm
+    } else {
+        p.cipher.parse().map_err(|_| {
+            ErrorMsg::new(
+                ErrorCode::BadRequest,
+                format!("unknown cipher {:?} (aes128, aes256, none)", p.cipher),
+            )
+        })?
+    };
+    let policy = if p.policy.is_empty() {
+        config
+            .policy_value()
+            .map_err(|e| ErrorMsg::new(ErrorCode::Internal, e))?
+    } else {
+        p.policy.parse().map_err(|_| {
+            ErrorMsg::new(
+                ErrorCode::BadRequest,
+                format!("unknown policy {:?} (fixed, high, fair, low)", p.policy),
+            )
+        })?
+    };
+    let target = match p.target_bps {
+        0 => config.default_target_rate,
+        t => t,
+    }
+    .min(config.max_target_rate);
+    let min = match p.min_bps {
+        0 => config.min_rate,
+        m => m,
+    };
+    let block = match p.block_size {
+        0 => config.block_size,
+        b => b,
+    }
+    .clamp(MIN_BLOCK_SIZE, MAX_BLOCK_SIZE);
+    Ok((cipher, policy, RateLimits::new(target, min), block))
+}
+
+fn path_error(e: PathError) -> ErrorMsg {
+    ErrorMsg::new(e.code(), e.to_string())
+}
+
+fn io_error(what: &str, shown: &str, e: &io::Error) -> ErrorMsg {
+    ErrorMsg::new(ErrorCode::from_io(e), format!("{what} {shown}: {e}"))
+}
+
+fn open_docroot(config: &FerrydConfig, user: &str) -> Result<Docroot, ErrorMsg> {
+    Docroot::open(config.docroot_of(user)).map_err(|e| {
+        // The client cannot fix a server's missing docroot: say so plainly.
+        ErrorMsg::new(
+            if e.code() == ErrorCode::DestinationMissing {
+                ErrorCode::Io
+            } else {
+                e.code()
+            },
+            format!("user {user}: {e}"),
+        )
+    })
+}
+
+fn prepare_upload(
+    config: &FerrydConfig,
+    user: &str,
+    req: UploadRequest,
+) -> Result<Prepared, ErrorMsg> {
+    let (cipher, policy, limits, block_size) = negotiate(config, &req.params)?;
+    let root = open_docroot(config, user)?;
+    let dest = root.confine(&req.dest).map_err(path_error)?;
+    let shown = root.display(&dest);
+    match fs::metadata(&dest) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(ErrorMsg::new(
+                ErrorCode::DestinationMissing,
+                format!("the destination {shown} is not a directory"),
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(ErrorMsg::new(
+                ErrorCode::DestinationMissing,
+                format!("the destination directory {shown} does not exist"),
+            ));
+        }
+        Err(e) => return Err(io_error("cannot use the destination", &shown, &e)),
+    }
+
+    let mut made: HashSet<PathBuf> = HashSet::new();
+    made.insert(dest.clone());
+    let mut make_dir = |path: &Path| -> Result<(), ErrorMsg> {
+        if made.contains(path) {
+            return Ok(());
+        }
+        fs::create_dir_all(path)
+            .map_err(|e| io_error("cannot create the directory", &root.display(path), &e))?;
+        made.insert(path.to_path_buf());
+        Ok(())
+    };
+    for d in &req.dirs {
+        let path = root.confine_entry(&req.dest, d).map_err(path_error)?;
+        make_dir(&path)?;
+    }
+    let mut seen = HashSet::new();
+    for f in &req.files {
+        let path = root.confine_entry(&req.dest, &f.path).map_err(path_error)?;
+        if !seen.insert(f.path.as_str()) {
+            return Err(ErrorMsg::new(
+                ErrorCode::BadRequest,
+                format!("{:?} is listed twice", f.path),
+            ));
+        }
+        if path.is_dir() {
+            return Err(ErrorMsg::new(
+                ErrorCode::Io,
+                format!("{} is a directory on the server", root.display(&path)),
+            ));
+        }
+        if let Some(parent) = path.parent() {
+            make_dir(parent)?;
+        }
+    }
+    Ok(Prepared {
+        spec: SessionSpec {
+            role: Role::Receiver,
+            session: 0,
+            secret: [0; 32],
+            cipher,
+            direction: Direction::ClientToServer,
+            block_size,
+            policy,
+            limits,
+            root: dest,
+            files: req.files,
+            peer: None,
+            no_fsync: false,
+        },
+        dirs: req.dirs,
+        skipped: Vec::new(),
+    })
+}
+
+fn prepare_download(
+    config: &FerrydConfig,
+    user: &str,
+    req: DownloadRequest,
+) -> Result<Prepared, ErrorMsg> {
+    let (cipher, policy, limits, block_size) = negotiate(config, &req.params)?;
+    let root = open_docroot(config, user)?;
+    if req.sources.is_empty() {
+        return Err(ErrorMsg::new(ErrorCode::BadRequest, "no source named"));
+    }
+    let mut walk = Walk {
+        root: &root,
+        files: Vec::new(),
+        dirs: Vec::new(),
+        skipped: Vec::new(),
+        seen: BTreeSet::new(),
+    };
+    let mut base: Option<PathBuf> = None;
+    for src in &req.sources {
+        // The source's own name is kept (a link is sent under its name, not its target's).
+        let trimmed = src.trim_end_matches('/');
+        let (parent, name) = match trimmed.rsplit_once('/') {
+            Some((p, n)) => (p, n),
+            None => ("", trimmed),
+        };
+        let parent_abs = root.confine(parent).map_err(path_error)?;
+        let whole_docroot = matches!(name, "" | ".");
+        let (this_base, abs) = if whole_docroot {
+            (parent_abs.clone(), parent_abs)
+        } else {
+            let abs = root.confine(trimmed).map_err(path_error)?;
+            (parent_abs, abs)
+        };
+        match &base {
+            None => base = Some(this_base.clone()),
+            Some(b) if *b == this_base => {}
+            Some(_) => {
+                return Err(ErrorMsg::new(
+                    ErrorCode::BadRequest,
+                    "all sources of one download must be in the same directory",
+                ));
+            }
+        }
+        let meta = fs::metadata(&abs).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                ErrorMsg::new(ErrorCode::SourceMissing, format!("{src} does not exist"))
+            } else {
+                io_error("cannot read", src, &e)
+            }
+        })?;
+        if whole_docroot {
+            walk.dir(&abs, "")?;
+        } else if meta.is_dir() {
+            walk.dir_entry(&abs, name)?;
+        } else if meta.is_file() {
+            walk.file(name, &meta);
+        } else {
+            return Err(ErrorMsg::new(
+                ErrorCode::BadRequest,
+                format!("{src} is neither a file nor a directory"),
+            ));
+        }
+    }
+    Ok(Prepared {
+        spec: SessionSpec {
+            role: Role::Sender,
+            session: 0,
+            secret: [0; 32],
+            cipher,
+            direction: Direction::ServerToClient,
+            block_size,
+            policy,
+            limits,
+            root: base.unwrap_or_else(|| root.path().to_path_buf()),
+            files: walk.files,
+            peer: None,
+            no_fsync: false,
+        },
+        dirs: walk.dirs,
+        skipped: walk.skipped,
+    })
+}
+
+/// A sorted, depth-first walk of download sources.
+struct Walk<'a> {
+    root: &'a Docroot,
+    files: Vec<FileEntry>,
+    dirs: Vec<String>,
+    skipped: Vec<String>,
+    seen: BTreeSet<String>,
+}
+
+impl Walk<'_> {
+    fn file(&mut self, rel: &str, meta: &fs::Metadata) {
+        if !self.seen.insert(rel.to_string()) {
+            return;
+        }
+        self.files.push(FileEntry {
+            path: rel.to_string(),
+            size: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec().clamp(0, 999_999_999) as u32),
+            mode: meta.mode() & 0o7777,
+        });
+    }
+
+    fn dir_entry(&mut self, abs: &Path, rel: &str) -> Result<(), ErrorMsg> {
+        if !self.seen.insert(format!("{rel}/")) {
+            return Ok(());
+        }
+        self.dirs.push(rel.to_string());
+        self.dir(abs, rel)
+    }
+
+    fn dir(&mut self, abs: &Path, rel: &str) -> Result<(), ErrorMsg> {
+        let shown = self.root.display(abs);
+        let mut entries = Vec::new();
+        for e in fs::read_dir(abs).map_err(|e| io_error("cannot list", &shown, &e))? {
+            let e = e.map_err(|e| io_error("cannot list", &shown, &e))?;
+            entries.push(e.file_name());
+        }
+        entries.sort();
+        for name in entries {
+            let child = abs.join(&name);
+            let Some(name) = name.to_str() else {
+                return Err(ErrorMsg::new(
+                    ErrorCode::InvalidPath,
+                    format!("{:?} in {shown} is not valid UTF-8", name.to_string_lossy()),
+                ));
+            };
+            let child_rel = if rel.is_empty() {
+                name.to_string()
+            } else {
+                format!("{rel}/{name}")
+            };
+            validate_relative(&child_rel).map_err(path_error)?;
+            let lmeta = fs::symlink_metadata(&child)
+                .map_err(|e| io_error("cannot read", &self.root.display(&child), &e))?;
+            let meta = if lmeta.file_type().is_symlink() {
+                // Served only when it leads to a file inside the docroot; linked directories
+                // are skipped (no loops, no second copies).
+                let inside = child
+                    .canonicalize()
+                    .is_ok_and(|t| t.starts_with(self.root.path()));
+                match fs::metadata(&child) {
+                    Ok(m) if inside && m.is_file() => m,
+                    _ => {
+                        self.skipped.push(format!(
+                            "{child_rel}: a symbolic link that does not lead to a file inside \
+                             the docroot"
+                        ));
+                        continue;
+                    }
+                }
+            } else {
+                lmeta
+            };
+            if meta.is_dir() {
+                self.dir_entry(&child, &child_rel)?;
+            } else if meta.is_file() {
+                self.file(&child_rel, &meta);
+            } else {
+                self.skipped
+                    .push(format!("{child_rel}: not a regular file or directory"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path) -> FerrydConfig {
+        let mut c = FerrydConfig::parse("", dir).unwrap();
+        c.max_target_rate = 1_000_000_000;
+        c
+    }
+
+    #[test]
+    fn negotiation_applies_defaults_and_clamps() {
+        let c = config(Path::new("/d"));
+        let (cipher, policy, limits, block) = negotiate(&c, &TransferParams::default()).unwrap();
+        assert_eq!(cipher, Cipher::Aes128Gcm);
+        assert_eq!(policy, Policy::Fair);
+        assert_eq!(limits.target_bps, 1_000_000_000); // default 10g, clamped to max 1g
+        assert_eq!(block, 8192);
+        let p = TransferParams {
+            cipher: "none".into(),
+            policy: "fixed".into(),
+            target_bps: 200_000_000,
+            min_bps: 500_000_000,
+            block_size: 1_000_000,
+        };
+        let (cipher, policy, limits, block) = negotiate(&c, &p).unwrap();
+        assert_eq!(cipher, Cipher::None);
+        assert_eq!(policy, Policy::Fixed);
+        assert_eq!(limits.target_bps, 200_000_000);
+        assert_eq!(limits.min_bps, 200_000_000);
+        assert_eq!(block, MAX_BLOCK_SIZE);
+        let bad = TransferParams {
+            cipher: "rot13".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            negotiate(&c, &bad).unwrap_err().code,
+            ErrorCode::BadRequest.code()
+        );
+    }
+
+    #[test]
+    fn commands() {
+        assert!(is_ferry_command(b"ferry"));
+        assert!(is_ferry_command(b" ferry --server\n"));
+        assert!(!is_ferry_command(b"ferryx"));
+        assert!(!is_ferry_command(b"rm -rf /"));
+    }
+}

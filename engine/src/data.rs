@@ -243,20 +243,25 @@ fn set_buffers(socket: &UdpSocket, bytes: usize) {
     }
 }
 
-/// Waits until `socket` is readable or `timeout` passes.
+/// Waits until `socket` is readable or `timeout` passes, with nanosecond precision
+/// (`ppoll`): pacing at gigabits per second needs waits of tens of microseconds.
 fn wait_readable(socket: &UdpSocket, timeout: Duration) {
+    if timeout < Duration::from_micros(20) {
+        return;
+    }
     let mut pfd = libc::pollfd {
         fd: socket.as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
     };
-    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
-    if ms == 0 {
-        return;
-    }
-    // SAFETY: one valid pollfd; a failed or interrupted poll only ends the wait early.
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: one valid pollfd and timespec; a failed or interrupted poll only ends the
+    // wait early.
     unsafe {
-        libc::poll(&mut pfd, 1, ms);
+        libc::ppoll(&mut pfd, 1, &ts, std::ptr::null());
     }
 }
 

@@ -90,7 +90,7 @@ pub struct FerrydConfig {
     pub docroot: PathBuf,
     /// Per-user settings.
     pub users: BTreeMap<String, UserConfig>,
-    /// Target rate when the client names none, bits per second (`"10g"` in the file).
+    /// Target rate when the client names none, bits per second (`"100g"` in the file).
     #[serde(with = "rate_serde")]
     pub default_target_rate: u64,
     /// The most any session may ask for, bits per second.
@@ -119,7 +119,7 @@ impl Default for FerrydConfig {
             authorized_keys: PathBuf::from("authorized_keys"),
             docroot: PathBuf::from("docroot"),
             users: BTreeMap::new(),
-            default_target_rate: 10_000_000_000,
+            default_target_rate: 100_000_000_000,
             max_target_rate: 100_000_000_000,
             min_rate: 0,
             policy: "fair".to_string(),
@@ -302,7 +302,7 @@ authorized_keys = "authorized_keys"
 docroot = "docroot"       # users without a docroot of their own share this one
 
 # Rates in bits per second: 800k, 500m, 10g.
-default_target_rate = "10g"
+default_target_rate = "100g"  # fair/high/low find the path's capacity below it
 max_target_rate = "100g"
 min_rate = "0"
 policy = "fair"           # fixed | high | fair | low
@@ -522,7 +522,7 @@ mod tests {
         let c = FerrydConfig::load(&dir.join(CONFIG_FILE)).unwrap();
         let canon = dir.canonicalize().unwrap();
         assert_eq!(c.docroot, canon.join("docroot"));
-        assert_eq!(c.default_target_rate, 10_000_000_000);
+        assert_eq!(c.default_target_rate, 100_000_000_000);
         let key = c.load_host_key().unwrap();
         assert_eq!(key.algorithm(), russh::keys::Algorithm::Ed25519);
         assert_eq!(

@@ -80,6 +80,8 @@ pub struct SessionSpec {
     pub peer: Option<SocketAddr>,
     /// Skip fdatasync before the rename (`--no-fsync`).
     pub no_fsync: bool,
+    /// Round-trip guess until the session measures its own (the control channel's).
+    pub initial_rtt: Duration,
 }
 
 /// How a session ended.
@@ -170,7 +172,15 @@ impl DataPlane {
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name(format!("ferry-data-{}", local.port()))
-            .spawn(move || DataThread::new(socket, rx).run())?;
+            .spawn(move || {
+                // Pacing sleeps are tens of microseconds: the default 50 µs timer slack
+                // would add as much again to each.
+                // SAFETY: prctl with PR_SET_TIMERSLACK takes one integer argument.
+                unsafe {
+                    libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+                }
+                DataThread::new(socket, rx).run()
+            })?;
         Ok(DataPlane {
             local,
             commands: tx,
@@ -341,7 +351,9 @@ impl Files {
                 .create(true)
                 .truncate(false)
                 .open(&path)?;
-            f.set_len(self.entries[index as usize].size)?;
+            // Allocate the whole file now, in one call, rather than page by page as blocks
+            // arrive; on filesystems without fallocate this only sets the length.
+            ferry_io::file::preallocate(&f, self.entries[index as usize].size)?;
             self.open.insert(index, f);
         }
         Ok(&self.open[&index])
@@ -403,6 +415,8 @@ struct Session {
     report: mpsc::Sender<SessionReport>,
     error: Option<(ErrorCode, String)>,
     finished: bool,
+    /// A close datagram went to the peer.
+    closed: bool,
     wire_bytes: u64,
 }
 
@@ -446,6 +460,7 @@ impl Session {
                     SenderConfig::new(spec.session, spec.cipher, spec.secret, spec.direction);
                 cfg.policy = spec.policy;
                 cfg.limits = spec.limits;
+                cfg.initial_rtt = spec.initial_rtt;
                 let buffers = Buffers {
                     slots: vec![vec![0; slot_len]; cfg.read_ahead as usize],
                     control: vec![0; 256],
@@ -459,6 +474,7 @@ impl Session {
                 let mut cfg =
                     ReceiverConfig::new(spec.session, spec.cipher, spec.secret, spec.direction);
                 cfg.max_datagram = 1472;
+                cfg.initial_rtt = spec.initial_rtt;
                 Machine::Recv(Box::new(Receiver::new(cfg, manifest, now)), vec![0; 2048])
             }
         };
@@ -475,6 +491,7 @@ impl Session {
             report,
             error: None,
             finished: false,
+            closed: false,
             wire_bytes: 0,
         })
     }
@@ -603,7 +620,9 @@ impl Session {
                         }
                     }
                 }
-                if self.error.is_some() && !self.finished {
+                if self.error.is_some() && !self.closed {
+                    // Tell the sender at once, rather than leave it to time out.
+                    self.closed = true;
                     if let (Some(peer), Some(len)) =
                         (self.peer, r.close(now, FailureCode::WriteFailed, buf))
                     {

@@ -60,6 +60,10 @@ pub struct DelayBased {
     queue_delay: f64,
     min_rtt: f64,
     capacity: WindowedMax,
+    /// The most delivered per second lately.
+    delivered: WindowedMax,
+    /// Queueing delay at which the path's buffer overflowed, seconds.
+    buffer: Option<f64>,
     /// The deepest queue seen lately, in seconds; decays slowly.
     queue_max: f64,
     last_update: Option<Timestamp>,
@@ -98,6 +102,8 @@ impl DelayBased {
             queue_delay: 0.0,
             min_rtt: f64::INFINITY,
             capacity: WindowedMax::new(Duration::from_secs(10)),
+            delivered: WindowedMax::new(Duration::from_secs(10)),
+            buffer: None,
             queue_max: 0.0,
             last_update: None,
             last_cut: Timestamp::ZERO,
@@ -111,12 +117,21 @@ impl DelayBased {
         }
     }
 
-    /// FAST's α in bytes (see [`DelayConfig::alpha_delay`]).
+    /// FAST's α in bytes (see [`DelayConfig::alpha_delay`]), from the most the path has
+    /// delivered lately: burst dispersion can overstate a bottleneck (on loopback it
+    /// measures how fast the receiver reads), and an α sized from it would ask for more
+    /// queue than the path has.
     fn alpha(&self) -> f64 {
-        match self.capacity.get() {
-            Some(c) => (c * self.cfg.alpha_delay).max(self.cfg.alpha_min),
-            None => self.cfg.alpha_initial,
-        }
+        let Some(c) = self.delivered.get().or(self.capacity.get()) else {
+            return self.cfg.alpha_initial;
+        };
+        // Never more than a quarter of a buffer that has been seen to overflow: FAST's
+        // equilibrium needs the queue to hold every flow's α.
+        let delay = match self.buffer {
+            Some(b) => self.cfg.alpha_delay.min(b / 4.0),
+            None => self.cfg.alpha_delay,
+        };
+        (c * delay).max(self.cfg.alpha_min)
     }
 
     /// Competitive mode, after Copa's: a delay-based flow keeps α bytes queued, a loss-based
@@ -174,7 +189,7 @@ impl DelayBased {
         self.epoch.delivered += signal.delivered_bytes as f64;
         self.epoch.queue_max = self.epoch.queue_max.max(self.queue_delay);
         let length = now.saturating_since(self.epoch.start).as_secs_f64();
-        if length < self.rtt().max(0.05) {
+        if length < self.rtt().max(0.02) {
             return false;
         }
         let e = core::mem::replace(
@@ -185,10 +200,20 @@ impl DelayBased {
             },
         );
         let ratio = e.lost / (e.lost + e.delivered).max(1.0);
+        // Random loss does not depend on the queue, overflow does: classify only against a
+        // channel loss rate learnt from epochs whose queue stayed low.
+        let known_channel = self.lost_total + self.delivered_total >= 64.0 * self.cfg.mss;
+        // Before that, only a deep standing queue (which delay-based flows alone do not
+        // build) makes loss look like overflow.
+        let deep = e.queue_max >= if known_channel { 0.0005 } else { 0.010 };
         let congested = e.lost > 0.0
-            && e.queue_max >= 0.010
+            && deep
             && e.queue_max >= 0.5 * self.queue_max
             && ratio > 2.0 * self.channel_loss + 0.02;
+        if congested {
+            // The queue overflowed at about this depth: the path's buffer.
+            self.buffer = Some(self.buffer.map_or(e.queue_max, |b: f64| b.min(e.queue_max)));
+        }
         // Only epochs whose queue stayed well short of full say what the channel loses.
         if !congested && e.queue_max < (0.5 * self.queue_max).max(0.002) {
             self.lost_total += e.lost;
@@ -224,9 +249,12 @@ impl Controller for DelayBased {
         if let Some(c) = signal.capacity {
             self.capacity.update(now, c);
         }
+        if let Some(d) = signal.delivery_rate {
+            self.delivered.update(now, d);
+        }
         let rtt = self.rtt();
         let per_rtt = (dt / rtt).min(1.0);
-        let congestion = self.end_epoch(now, signal) && self.cfg.competitive;
+        let congestion = self.end_epoch(now, signal);
 
         match self.phase {
             Phase::Startup => {
@@ -245,10 +273,19 @@ impl Controller for DelayBased {
                 }
             }
             Phase::Steady | Phase::Competitive => {
-                if congestion {
-                    // Queue-overflow loss: a buffer filler shares the bottleneck.
-                    self.phase = Phase::Competitive;
+                if congestion && self.phase == Phase::Competitive {
+                    // Overflow is what the buffer filler does; the share seeking below
+                    // answers it.
                     self.last_cut = now;
+                } else if congestion && now.saturating_since(self.last_cut).as_secs_f64() > rtt {
+                    // Queue-overflow loss: slow down, whoever filled the queue. With a
+                    // buffer deep enough for delay-based flows (10 ms and more), only a
+                    // buffer filler explains it: compete.
+                    self.window *= 0.7;
+                    self.last_cut = now;
+                    if self.cfg.competitive && self.buffer.is_some_and(|b| b >= 0.010) {
+                        self.phase = Phase::Competitive;
+                    }
                 }
                 if self.phase == Phase::Competitive {
                     self.seek_share(per_rtt, signal);

@@ -28,9 +28,11 @@ impl Pacer {
     }
 
     fn accrue(&self, now: Timestamp, rate: f64, len: usize) -> f64 {
-        let cap = f64::from(self.burst) * len as f64;
+        // Credit may build up to two bursts, or a millisecond at the rate: a sender woken a
+        // little late (timers, scheduling) catches up instead of losing the time.
+        let cap = (2.0 * f64::from(self.burst) * len as f64).max(rate * 1e-3);
         match self.last {
-            None => cap,
+            None => f64::from(self.burst) * len as f64,
             Some(last) => (self.credit + now.saturating_since(last).as_secs_f64() * rate).min(cap),
         }
     }

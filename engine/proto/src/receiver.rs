@@ -35,6 +35,8 @@ pub struct ReceiverConfig {
     pub window_blocks: u64,
     /// Time between feedbacks while data flows.
     pub feedback_interval: Duration,
+    /// ... or this many data datagrams, whichever comes first.
+    pub feedback_packets: u32,
     /// Time between feedbacks while nothing arrives.
     pub idle_feedback_interval: Duration,
     /// Least time a gap waits before its first NACK (reordering allowance).
@@ -59,6 +61,7 @@ impl ReceiverConfig {
             direction,
             window_blocks: 1 << 18,
             feedback_interval: Duration::from_millis(5),
+            feedback_packets: 32,
             idle_feedback_interval: Duration::from_millis(100),
             reorder_delay: Duration::from_millis(1),
             initial_rtt: Duration::from_millis(200),
@@ -398,8 +401,12 @@ impl<A: Aead> Receiver<A> {
         self.cfg.reorder_delay.max(self.reorder_seen)
     }
 
-    /// How long a NACKed block may stay missing before it is NACKed again.
+    /// How long a NACKed block may stay missing before it is NACKed again: the measured
+    /// re-send round trip with margin, or twice the initial guess until one is measured.
     fn renack_timeout(&self) -> Duration {
+        if !self.turnaround.has_samples() {
+            return 2 * self.cfg.initial_rtt + self.cfg.feedback_interval;
+        }
         self.turnaround.srtt()
             + (4 * self.turnaround.rttvar()).max(2 * self.cfg.feedback_interval)
             + self.cfg.feedback_interval
@@ -488,9 +495,14 @@ impl<A: Aead> Receiver<A> {
             // The first feedback leaves at once: it tells a sender that waits to learn the
             // receiver's address (a download) where to send, and opens NAT bindings.
             State::Receiving if self.stats.feedbacks == 0 => true,
+            // At high rates every few milliseconds is too slow for the sender to see a
+            // filling queue in time: feedback also leaves every `feedback_packets` datagrams
+            // (but not more often than every `feedback_interval / 8`).
             State::Receiving => {
                 (since >= self.cfg.feedback_interval
                     && (self.interval_packets > 0 || self.nack_is_due(now)))
+                    || (self.interval_packets >= self.cfg.feedback_packets
+                        && since >= self.cfg.feedback_interval / 8)
                     || since >= self.cfg.idle_feedback_interval
             }
         }
@@ -604,6 +616,9 @@ impl<A: Aead> Receiver<A> {
                 t = t.min(self.last_feedback + self.cfg.idle_feedback_interval);
                 if self.interval_packets > 0 {
                     t = t.min(self.last_feedback + self.cfg.feedback_interval);
+                }
+                if self.interval_packets >= self.cfg.feedback_packets {
+                    t = t.min(self.last_feedback + self.cfg.feedback_interval / 8);
                 }
                 if let Some(Reverse((due, _, _))) = self.nack_due.peek() {
                     t = t.min((*due).max(self.last_feedback + self.cfg.feedback_interval));

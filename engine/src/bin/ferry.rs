@@ -227,14 +227,24 @@ fn client_options(o: &Options, r: &Remote) -> ClientOptions {
     c
 }
 
-fn params(o: &Options, block_size: u32) -> TransferParams {
+fn params(o: &Options, block_size: u32, rtt: Duration) -> TransferParams {
     TransferParams {
+        rtt_hint_us: rtt.as_micros() as u64,
         cipher: o.cipher.to_string(),
         policy: o.policy.map(|p| p.to_string()).unwrap_or_default(),
         target_bps: o.target_rate.unwrap_or(0),
         min_bps: o.min_rate.unwrap_or(0),
         block_size,
     }
+}
+
+/// Connects the control channel; also returns a round-trip estimate: the SSH handshake
+/// takes about four round trips (TCP, key exchange, authentication, channel).
+fn connect(o: &Options, r: &Remote) -> Result<(Control, Duration), Failure> {
+    let t = Instant::now();
+    let control = Control::connect(&client_options(o, r))?;
+    let rtt = (t.elapsed() / 4).clamp(Duration::from_micros(200), Duration::from_secs(2));
+    Ok((control, rtt))
 }
 
 fn resolve(host: &str, port: u16) -> Result<SocketAddr, Failure> {
@@ -341,13 +351,13 @@ fn send(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
     let (files, locals, dirs) = collect(sources)?;
     let server_tcp = resolve(&remote.host, o.port)?;
     let block = data::block_size_for(&server_tcp, o.cipher);
-    let mut control = Control::connect(&client_options(o, &remote))?;
+    let (mut control, rtt) = connect(o, &remote)?;
     let plane = start_data_plane(&server_tcp)?;
     let ready = control.upload(UploadRequest {
         dest: remote.path.clone(),
         files: files.clone(),
         dirs,
-        params: params(o, block),
+        params: params(o, block, rtt),
         client_udp: plane.local_addr().port(),
     })?;
     let secret =
@@ -386,14 +396,25 @@ fn send(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
         files: local_files,
         peer: Some(peer),
         no_fsync: o.no_fsync,
+        initial_rtt: rtt,
     };
     let report = run_session(&plane, spec, o.json)?;
-    // The server's word decides: its files are renamed only once complete and durable.
-    let done = control.wait_done(Some(Duration::from_secs(120)))?;
-    if let Some(err) = done.error() {
+    // A failure seen here (a source that vanished) is more specific than the server's view
+    // of it (the sender closed the session), unless all we saw is that the server ended
+    // the session: then its reason (disk full) is the one to show.
+    if let Some(err) = report.error {
+        if err.0 == ErrorCode::PeerAborted
+            && let Ok(done) = control.wait_done(Some(Duration::from_secs(5)))
+            && let Some(server) = done.error()
+        {
+            return Err(server.into());
+        }
         return Err(err.into());
     }
-    if let Some(err) = report.error {
+    // Otherwise the server's word decides: its files are renamed only once complete and
+    // durable.
+    let done = control.wait_done(Some(Duration::from_secs(120)))?;
+    if let Some(err) = done.error() {
         return Err(err.into());
     }
     Ok(Outcome {
@@ -438,11 +459,11 @@ fn recv(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
     let remote = remote.expect("at least one source");
     let server_tcp = resolve(&remote.host, o.port)?;
     let block = data::block_size_for(&server_tcp, o.cipher);
-    let mut control = Control::connect(&client_options(o, &remote))?;
+    let (mut control, rtt) = connect(o, &remote)?;
     let plane = start_data_plane(&server_tcp)?;
     let manifest = control.download(DownloadRequest {
         sources: paths,
-        params: params(o, block),
+        params: params(o, block, rtt),
         client_udp: plane.local_addr().port(),
     })?;
     for d in &manifest.dirs {
@@ -486,6 +507,7 @@ fn recv(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
         files: manifest.files.clone(),
         peer: Some(SocketAddr::new(server_tcp.ip(), s.udp_port)),
         no_fsync: o.no_fsync,
+        initial_rtt: rtt,
     };
     let report = run_session(&plane, spec, o.json)?;
     if let Some(err) = report.error {

@@ -44,6 +44,9 @@ pub struct TransferParams {
     pub min_bps: u64,
     /// Payload bytes per datagram; 0 means the server's default.
     pub block_size: u32,
+    /// The client's estimate of the round-trip time, microseconds; 0 when unknown.
+    #[serde(default)]
+    pub rtt_hint_us: u64,
 }
 
 /// An upload: the client sends `files` into the directory `dest`.
@@ -293,6 +296,7 @@ mod tests {
                     target_bps: 500_000_000,
                     min_bps: 0,
                     block_size: 8192,
+                    rtt_hint_us: 0,
                 },
                 client_udp: 40000,
             }),

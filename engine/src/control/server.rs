@@ -803,6 +803,7 @@ fn prepare_upload(
             files: req.files,
             peer: None,
             no_fsync: false,
+            initial_rtt: rtt_hint(&req.params),
         },
         dirs: req.dirs,
         skipped: Vec::new(),
@@ -886,6 +887,7 @@ fn prepare_download(
             files: walk.files,
             peer: None,
             no_fsync: false,
+            initial_rtt: rtt_hint(&req.params),
         },
         dirs: walk.dirs,
         skipped: walk.skipped,
@@ -978,6 +980,15 @@ impl Walk<'_> {
     }
 }
 
+/// The client's estimate of the round trip (from its SSH handshake), within sane bounds, or
+/// 50 ms: the receiver re-requests a lost block after twice this until it has measured one.
+fn rtt_hint(params: &crate::control::TransferParams) -> std::time::Duration {
+    match params.rtt_hint_us {
+        0 => std::time::Duration::from_millis(50),
+        us => std::time::Duration::from_micros(us.clamp(200, 2_000_000)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -994,7 +1005,7 @@ mod tests {
         let (cipher, policy, limits, block) = negotiate(&c, &TransferParams::default()).unwrap();
         assert_eq!(cipher, Cipher::Aes128Gcm);
         assert_eq!(policy, Policy::Fair);
-        assert_eq!(limits.target_bps, 1_000_000_000); // default 10g, clamped to max 1g
+        assert_eq!(limits.target_bps, 1_000_000_000); // the default, clamped to max 1g
         assert_eq!(block, 8192);
         let p = TransferParams {
             cipher: "none".into(),
@@ -1002,6 +1013,7 @@ mod tests {
             target_bps: 200_000_000,
             min_bps: 500_000_000,
             block_size: 1_000_000,
+            rtt_hint_us: 0,
         };
         let (cipher, policy, limits, block) = negotiate(&c, &p).unwrap();
         assert_eq!(cipher, Cipher::None);

@@ -19,7 +19,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_proto::crypto::{Cipher, Direction};
@@ -125,6 +125,60 @@ pub struct SessionHandle {
 
 enum Command {
     Add(SessionSpec, mpsc::Sender<SessionReport>, Arc<Progress>),
+    Control(u32, SessionOp, mpsc::Sender<Result<(), String>>),
+}
+
+/// A live change to one session, from the operator (`ferryctl`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SessionOp {
+    /// New target and/or minimum rate (bits per second) and/or policy.
+    SetRate {
+        /// New target rate.
+        target_bps: Option<u64>,
+        /// New minimum rate.
+        min_bps: Option<u64>,
+        /// New policy.
+        policy: Option<Policy>,
+    },
+    /// Stop sending data; keepalives keep the session alive.
+    Pause,
+    /// Continue where it was.
+    Resume,
+    /// End the session; the receiver keeps what it has as `.partial`.
+    Cancel,
+}
+
+/// What `ferryctl sessions` shows of one session.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SessionInfo {
+    /// Session id.
+    pub id: u32,
+    /// `send` or `recv`: what this side does.
+    pub direction: &'static str,
+    /// The peer's UDP address, once known.
+    pub peer: Option<String>,
+    /// Files in the session.
+    pub files: usize,
+    /// Payload bytes delivered.
+    pub bytes: u64,
+    /// Payload bytes in all.
+    pub total: u64,
+    /// Delivered payload over the last snapshot interval, bits per second.
+    pub rate_bps: u64,
+    /// Target rate (sending side; 0 on the receiving side, whose peer decides).
+    pub target_bps: u64,
+    /// Minimum rate (sending side).
+    pub min_bps: u64,
+    /// Policy (sending side).
+    pub policy: String,
+    /// Share of sent blocks reported lost (sending side).
+    pub loss: f64,
+    /// Smoothed round-trip time, ms (sending side).
+    pub rtt_ms: f64,
+    /// Queueing delay the controller sees, ms (sending side).
+    pub queue_ms: f64,
+    /// `starting`, `running`, `paused` or `finishing`.
+    pub state: &'static str,
 }
 
 /// A handle on a running data plane (cheap to clone).
@@ -133,7 +187,11 @@ pub struct DataPlane {
     local: SocketAddr,
     commands: mpsc::Sender<Command>,
     wake: Arc<UdpSocket>,
+    snapshot: Arc<Mutex<Vec<SessionInfo>>>,
 }
+
+/// How often the data thread refreshes what [`DataPlane::sessions`] returns.
+const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(100);
 
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -170,6 +228,8 @@ impl DataPlane {
         );
         wake.connect(wake_target)?;
         let (tx, rx) = mpsc::channel();
+        let snapshot = Arc::new(Mutex::new(Vec::new()));
+        let shared = snapshot.clone();
         std::thread::Builder::new()
             .name(format!("ferry-data-{}", local.port()))
             .spawn(move || {
@@ -179,12 +239,13 @@ impl DataPlane {
                 unsafe {
                     libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
                 }
-                DataThread::new(socket, rx).run()
+                DataThread::new(socket, rx, shared).run()
             })?;
         Ok(DataPlane {
             local,
             commands: tx,
             wake: Arc::new(wake),
+            snapshot,
         })
     }
 
@@ -196,6 +257,23 @@ impl DataPlane {
     /// Starts a session; the channel yields its report when it ends.
     pub fn add_session(&self, spec: SessionSpec) -> mpsc::Receiver<SessionReport> {
         self.start_session(spec).report
+    }
+
+    /// The sessions running now (refreshed every 100 ms).
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        self.snapshot.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Applies a live change to session `id`; effective on the wire within a few
+    /// milliseconds.
+    pub fn control(&self, id: u32, op: SessionOp) -> Result<(), String> {
+        let (tx, rx) = mpsc::channel();
+        self.commands
+            .send(Command::Control(id, op, tx))
+            .map_err(|_| "the data plane has stopped".to_string())?;
+        let _ = self.wake.send(WAKE);
+        rx.recv_timeout(Duration::from_secs(2))
+            .map_err(|_| "the data plane did not answer".to_string())?
     }
 
     /// Starts a session and returns its report channel and live progress.
@@ -502,6 +580,85 @@ impl Session {
         }
     }
 
+    fn apply(&mut self, now: Timestamp, op: SessionOp) -> Result<(), String> {
+        let Machine::Send(s, _) = &mut self.machine else {
+            return Err(format!(
+                "session {} receives here: rate and pause belong to its sender (the peer)",
+                self.id
+            ));
+        };
+        match op {
+            SessionOp::SetRate {
+                target_bps,
+                min_bps,
+                policy,
+            } => {
+                let old = s.controller().limits();
+                let target = target_bps.unwrap_or(old.target_bps);
+                let min = min_bps.unwrap_or(old.min_bps);
+                if min > target {
+                    return Err("the minimum rate is above the target".into());
+                }
+                s.set_limits(RateLimits::new(target, min));
+                if let Some(p) = policy {
+                    s.set_policy(p);
+                }
+            }
+            SessionOp::Pause => s.set_paused(true),
+            SessionOp::Resume => s.set_paused(false),
+            SessionOp::Cancel => {
+                s.cancel(now);
+                self.fail(ErrorCode::PeerAborted, "cancelled by the operator".into());
+            }
+        }
+        Ok(())
+    }
+
+    fn info(&self, rate_bps: u64) -> SessionInfo {
+        let bytes = self.progress.bytes.load(Ordering::Relaxed);
+        let total = self.progress.total.load(Ordering::Relaxed);
+        let state = |paused: bool| {
+            if !self.heard {
+                "starting"
+            } else if self.done_at.is_some() || self.error.is_some() {
+                "finishing"
+            } else if paused {
+                "paused"
+            } else {
+                "running"
+            }
+        };
+        let mut info = SessionInfo {
+            id: self.id,
+            direction: "recv",
+            peer: self.peer.map(|p| p.to_string()),
+            files: self.files.entries.len(),
+            bytes,
+            total,
+            rate_bps,
+            target_bps: 0,
+            min_bps: 0,
+            policy: String::new(),
+            loss: 0.0,
+            rtt_ms: 0.0,
+            queue_ms: 0.0,
+            state: state(false),
+        };
+        if let Machine::Send(s, _) = &self.machine {
+            let c = s.controller();
+            let st = s.stats();
+            info.direction = "send";
+            info.target_bps = c.limits().target_bps;
+            info.min_bps = c.limits().min_bps;
+            info.policy = c.policy().to_string();
+            info.loss = st.nacked_blocks as f64 / (st.datagrams.max(1)) as f64;
+            info.rtt_ms = s.rtt().srtt().as_secs_f64() * 1e3;
+            info.queue_ms = c.queue_delay().map_or(0.0, |q| q.as_secs_f64() * 1e3);
+            info.state = state(s.is_paused());
+        }
+        info
+    }
+
     fn drops_total(&self) -> u64 {
         match &self.machine {
             Machine::Send(s, _) => s.drops().total(),
@@ -735,17 +892,49 @@ struct DataThread {
     sessions: HashMap<u32, Session>,
     epoch: Instant,
     unknown_session: u64,
+    snapshot: Arc<Mutex<Vec<SessionInfo>>>,
+    next_snapshot: Timestamp,
+    /// Bytes each session had delivered at the last snapshot.
+    last_bytes: HashMap<u32, u64>,
 }
 
 impl DataThread {
-    fn new(socket: UdpSocket, commands: mpsc::Receiver<Command>) -> Self {
+    fn new(
+        socket: UdpSocket,
+        commands: mpsc::Receiver<Command>,
+        snapshot: Arc<Mutex<Vec<SessionInfo>>>,
+    ) -> Self {
         DataThread {
             socket,
             commands,
             sessions: HashMap::new(),
             epoch: Instant::now(),
             unknown_session: 0,
+            snapshot,
+            next_snapshot: Timestamp::ZERO,
+            last_bytes: HashMap::new(),
         }
+    }
+
+    fn publish(&mut self, now: Timestamp) {
+        if now < self.next_snapshot {
+            return;
+        }
+        let secs = SNAPSHOT_INTERVAL.as_secs_f64();
+        let mut infos: Vec<SessionInfo> = Vec::with_capacity(self.sessions.len());
+        let mut seen = HashMap::new();
+        for (id, s) in &self.sessions {
+            let bytes = s.progress.bytes.load(Ordering::Relaxed);
+            let before = self.last_bytes.get(id).copied().unwrap_or(bytes);
+            seen.insert(*id, bytes);
+            infos.push(s.info((bytes.saturating_sub(before) as f64 * 8.0 / secs) as u64));
+        }
+        infos.sort_by_key(|i| i.id);
+        self.last_bytes = seen;
+        if let Ok(mut shared) = self.snapshot.lock() {
+            *shared = infos;
+        }
+        self.next_snapshot = now + SNAPSHOT_INTERVAL;
     }
 
     fn now(&self) -> Timestamp {
@@ -769,6 +958,14 @@ impl DataThread {
                             }
                         }
                     }
+                    Ok(Command::Control(id, op, reply)) => {
+                        let now = self.now();
+                        let result = match self.sessions.get_mut(&id) {
+                            Some(s) => s.apply(now, op),
+                            None => Err(format!("no session {id}")),
+                        };
+                        let _ = reply.send(result);
+                    }
                     Err(mpsc::TryRecvError::Empty) => break,
                     Err(mpsc::TryRecvError::Disconnected) => {
                         if self.sessions.is_empty() {
@@ -783,10 +980,12 @@ impl DataThread {
                 s.drive(now, &self.socket);
             }
             self.reap();
+            self.publish(now);
             let next = self
                 .sessions
                 .values()
                 .filter_map(Session::poll_timeout)
+                .chain((!self.sessions.is_empty()).then_some(self.next_snapshot))
                 .min();
             let wait = match next {
                 Some(t) => t.saturating_since(self.now()),

@@ -231,6 +231,8 @@ pub struct Sender<A: Aead = DefaultAead> {
     feedback_gap: Duration,
     /// The receiver confirmed it holds everything.
     completed: bool,
+    /// Data sending paused by the operator.
+    paused: bool,
 }
 
 use ferry_tuning::Pacer;
@@ -283,6 +285,7 @@ impl<A: Aead> Sender<A> {
             probe_backoff: 0,
             feedback_gap: Duration::from_millis(5),
             completed: false,
+            paused: false,
             manifest,
             cfg,
         }
@@ -296,6 +299,17 @@ impl<A: Aead> Sender<A> {
     /// New target and minimum rate, effective for the next datagram.
     pub fn set_limits(&mut self, limits: RateLimits) {
         self.controller.set_limits(limits);
+    }
+
+    /// Pauses or resumes sending data. While paused only keepalives leave, so the session
+    /// stays alive (the receiver's data timeout does not fire) and resumes where it was.
+    pub fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+    }
+
+    /// Whether data sending is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused
     }
 
     /// New policy, effective for the next datagram.
@@ -621,7 +635,7 @@ impl<A: Aead> Sender<A> {
             }
             State::Sending => {}
         }
-        if let Some(&ready) = self.next_ready() {
+        if let Some(&ready) = self.next_ready().filter(|_| !self.paused) {
             let len = self.manifest.block(ready.block).len;
             let wire_len = self.datagram_len(len);
             let rate = self.pacing_rate();
@@ -795,7 +809,7 @@ impl<A: Aead> Sender<A> {
         if let Some(p) = self.probe_deadline {
             t = t.min(p);
         }
-        if let Some(ready) = self.next_ready() {
+        if let Some(ready) = self.next_ready().filter(|_| !self.paused) {
             let rate = self.pacing_rate();
             if rate > 0.0 {
                 let len = self.datagram_len(self.manifest.block(ready.block).len);

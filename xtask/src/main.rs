@@ -1,5 +1,6 @@
 //! ferry's developer tasks. `cargo xtask --help` lists them.
 
+mod bench;
 mod ci;
 mod demo;
 
@@ -22,11 +23,32 @@ enum Task {
     Ci,
     /// Run the sans-IO protocol over the simulated network.
     Sim(SimArgs),
+    /// Benchmarks (`loopback`: ferry's engine on loopback, rates and cycles per byte).
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
     /// A real transfer on loopback: build, start a ferryd, send a file up and back.
     Demo {
         /// Size of the file, MiB.
         #[arg(long, default_value_t = 256)]
         size_mib: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Upload and download through a real ferryd on loopback, files on tmpfs.
+    Loopback {
+        /// File size, MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+        /// Runs each way.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// aes128 | aes256 | none.
+        #[arg(long, default_value = "aes128")]
+        cipher: String,
     },
 }
 
@@ -217,5 +239,13 @@ fn main() -> Result<()> {
         Task::Ci => ci::run(),
         Task::Sim(a) => sim(a),
         Task::Demo { size_mib } => demo::run_demo(size_mib),
+        Task::Bench {
+            which:
+                Bench::Loopback {
+                    size_mib,
+                    runs,
+                    cipher,
+                },
+        } => bench::loopback(size_mib, runs, &cipher),
     }
 }

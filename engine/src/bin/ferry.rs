@@ -9,7 +9,7 @@ use std::io::{IsTerminal, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
@@ -143,7 +143,20 @@ struct Outcome {
     data_secs: f64,
 }
 
+/// Set by SIGINT or SIGTERM; the session loop notices within 200 ms.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
 fn main() -> ExitCode {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+        }
+    }
     let cli = Cli::parse();
     let started = Instant::now();
     let (json, result) = match cli.command {
@@ -529,6 +542,7 @@ fn recv(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
 
 /// Runs one session to its end, reporting progress at least once a second.
 fn run_session(plane: &DataPlane, spec: SessionSpec, json: bool) -> Result<SessionReport, Failure> {
+    let id = spec.session;
     let handle = plane.start_session(spec);
     let bar = !json && std::io::stderr().is_terminal();
     let mut last = (Instant::now(), 0u64);
@@ -550,6 +564,18 @@ fn run_session(plane: &DataPlane, spec: SessionSpec, json: bool) -> Result<Sessi
                 ));
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            // A sending session tells its receiver at once; a receiving one lets the
+            // sender time out. Incomplete files stay NAME.partial either way.
+            let _ = plane.control(id, data::SessionOp::Cancel);
+            if bar {
+                eprintln!();
+            }
+            return Err(Failure(
+                ErrorCode::Interrupted,
+                "interrupted by a signal; incomplete files are kept as NAME.partial".into(),
+            ));
         }
         let p = &handle.progress;
         let bytes = p.bytes.load(Ordering::Relaxed);

@@ -29,6 +29,8 @@ pub enum ErrorCode {
     DataTimeout,
     /// The other side ended the session.
     PeerAborted,
+    /// Stopped here by a signal (Ctrl-C, SIGTERM) or an operator's cancel.
+    Interrupted,
     /// The destination directory does not exist.
     DestinationMissing,
     /// The operating system refused access.
@@ -59,7 +61,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::TcpConnect,
         ErrorCode::NetworkUnreachable,
         ErrorCode::Auth,
@@ -69,6 +71,7 @@ impl ErrorCode {
         ErrorCode::UdpStart,
         ErrorCode::DataTimeout,
         ErrorCode::PeerAborted,
+        ErrorCode::Interrupted,
         ErrorCode::DestinationMissing,
         ErrorCode::PermissionDenied,
         ErrorCode::OutsideDocroot,
@@ -97,6 +100,7 @@ impl ErrorCode {
             ErrorCode::UdpStart => 20,
             ErrorCode::DataTimeout => 21,
             ErrorCode::PeerAborted => 22,
+            ErrorCode::Interrupted => 23,
             ErrorCode::DestinationMissing => 30,
             ErrorCode::PermissionDenied => 31,
             ErrorCode::OutsideDocroot => 32,
@@ -130,6 +134,7 @@ impl ErrorCode {
             ErrorCode::UdpStart => "udp_start",
             ErrorCode::DataTimeout => "data_timeout",
             ErrorCode::PeerAborted => "peer_aborted",
+            ErrorCode::Interrupted => "interrupted",
             ErrorCode::DestinationMissing => "destination_missing",
             ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::OutsideDocroot => "outside_docroot",
@@ -162,6 +167,7 @@ impl ErrorCode {
             ErrorCode::UdpStart => "the UDP session could not start: no datagrams either way",
             ErrorCode::DataTimeout => "no UDP data arrived for longer than the data timeout",
             ErrorCode::PeerAborted => "the other side ended the session",
+            ErrorCode::Interrupted => "the transfer was interrupted",
             ErrorCode::DestinationMissing => "the destination directory does not exist",
             ErrorCode::PermissionDenied => "permission denied",
             ErrorCode::OutsideDocroot => "the path leads outside the user's docroot",
@@ -213,6 +219,9 @@ impl ErrorCode {
             }
             ErrorCode::PeerAborted => {
                 "look at the other side's log for why it stopped, then resume the transfer"
+            }
+            ErrorCode::Interrupted => {
+                "run the same command again; incomplete files are kept as NAME.partial"
             }
             ErrorCode::DestinationMissing => {
                 "create the destination directory first, or name an existing one"

@@ -9,5 +9,6 @@
 
 pub mod config;
 pub mod control;
+pub mod ctl_server;
 pub mod data;
 pub mod paths;

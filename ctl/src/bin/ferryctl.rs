@@ -192,11 +192,14 @@ impl Conn {
     /// Sends one request and returns the payload of a good answer; an error answer
     /// becomes an error.
     fn call(&mut self, command: Command) -> anyhow::Result<Payload> {
-        self.writer
-            .write_all(&encode_line(&Request::new(command)))
-            .context("sending the request to ferryd")?;
+        // A refused connection may be closed before the request is written: the reason
+        // can still be waiting to be read, so a failed write is reported only without one.
+        let sent = self.writer.write_all(&encode_line(&Request::new(command)));
         let line = match ferry_ctl::read_line(&mut self.reader, MAX_RESPONSE) {
             Ok(Some(l)) => l,
+            Ok(None) | Err(_) if sent.is_err() => {
+                return Err(sent.unwrap_err()).context("sending the request to ferryd");
+            }
             Ok(None) => bail!("ferryd closed the control connection without answering"),
             Err(ferry_ctl::Error::Io(e))
                 if matches!(
@@ -427,7 +430,7 @@ mod tests {
             files: 1,
             ..Session::default()
         };
-        let t = sessions_table(&[s.clone()]);
+        let t = sessions_table(std::slice::from_ref(&s));
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 2);
         assert!(lines[0].starts_with("ID  DIR"), "{t}");

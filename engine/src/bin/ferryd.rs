@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ferry_engine::config::{self, FerrydConfig};
 use ferry_engine::control;
+use ferry_engine::ctl_server::{self, ServerInfo};
 use ferry_engine::data::DataPlane;
 
 #[derive(Parser)]
@@ -85,6 +86,7 @@ fn run(
     ctl_socket: Option<PathBuf>,
     listen: Option<std::net::IpAddr>,
 ) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let mut config = FerrydConfig::load(&path)?;
     if let Some(p) = tcp_port {
         config.tcp_port = p;
@@ -113,10 +115,16 @@ fn run(
     let tcp = SocketAddr::new(config.listen, config.tcp_port);
     let listener = TcpListener::bind(tcp).with_context(|| format!("cannot listen on TCP {tcp}"))?;
     let ctl = config.ctl_socket.clone();
-    let server = control::serve(config, data, listener)?;
+    let server = control::serve(config, data.clone(), listener)?;
     server
         .shutdown_on_signals()
         .context("cannot install the signal handlers")?;
+    let info = ServerInfo {
+        tcp: server.local_addr(),
+        udp: udp_addr,
+        started,
+    };
+    let ctl_server = ctl_server::serve(&ctl, data, info).context("control socket")?;
 
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -131,6 +139,7 @@ fn run(
     drop(out);
 
     server.wait();
+    ctl_server.shutdown();
     eprintln!("ferryd: stopped");
     Ok(())
 }

@@ -155,7 +155,7 @@ impl Server {
             .arg("--config")
             .arg(self.srv.join("ferryd.toml"))
             .args(["--tcp-port", "0", "--udp-port", "0", "--ctl-socket"])
-            .arg(self.tmp.path().join("ctl.sock"))
+            .arg(self.ctl_socket())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(err)
@@ -208,6 +208,11 @@ impl Server {
         self.udp_port = port_of("udp=");
         assert_ne!(self.tcp_port, 0, "ready line: {line}");
         assert_ne!(self.udp_port, 0, "ready line: {line}");
+    }
+
+    /// The control socket `run` passes to ferryd.
+    pub fn ctl_socket(&self) -> PathBuf {
+        self.tmp.path().join("ctl.sock")
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,0 +1,543 @@
+//! `ferryctl` against a real `ferryd`: sessions listed, rate changed, paused, resumed, all
+//! while a real transfer runs; errors for the unreachable, the garbled and the unpermitted.
+//!
+//! Needs `ssh-keygen` (client keys). The permission test runs only as root (it connects
+//! as another user).
+
+#[allow(dead_code)]
+mod common;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{FERRY_TIMEOUT, FERRYD, Running, Server, first_difference, write_random_file};
+use serde_json::Value;
+
+const MIB: u64 = 1 << 20;
+
+/// The `ferryctl` binary. It belongs to another package (`ferry-ctl`), so cargo builds it
+/// for this package's tests only when asked: the first call runs `cargo build` for it with
+/// the profile and target directory these tests were built with. `FERRYCTL=PATH` names a
+/// binary instead.
+pub fn ferryctl() -> &'static Path {
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        if let Some(p) = std::env::var_os("FERRYCTL") {
+            return PathBuf::from(p);
+        }
+        let profile_dir = Path::new(FERRYD)
+            .parent()
+            .expect("ferryd is in a directory");
+        let target_dir = profile_dir.parent().expect("a target directory");
+        let profile = match profile_dir.file_name().and_then(OsStr::to_str) {
+            Some("debug") | None => "dev",
+            Some(p) => p,
+        };
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(&cargo)
+            .args([
+                "build",
+                "--quiet",
+                "--package",
+                "ferry-ctl",
+                "--bin",
+                "ferryctl",
+            ])
+            .args(["--profile", profile, "--target-dir"])
+            .arg(target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {cargo:?} to build ferryctl: {e}"));
+        assert!(
+            out.status.success(),
+            "cargo build --package ferry-ctl failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bin = profile_dir.join("ferryctl");
+        assert!(
+            bin.is_file(),
+            "no ferryctl at {} after building it",
+            bin.display()
+        );
+        bin
+    })
+}
+
+/// Runs `ferryctl --socket SOCKET ARGS...`.
+fn ferryctl_at<S: AsRef<OsStr>>(socket: &Path, args: &[S]) -> Output {
+    Command::new(ferryctl())
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ferryctl")
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "exit {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `ferryctl ARGS... --json` against `s`, which must succeed; its one JSON document.
+fn ctl_json(s: &Server, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = ferryctl_at(&s.ctl_socket(), &all);
+    assert!(
+        out.status.success(),
+        "ferryctl {args:?} failed: {}\nferryd stderr:\n{}",
+        describe(&out),
+        s.stderr()
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "ferryctl {args:?}: not one JSON document ({e}):\n{}",
+            describe(&out)
+        )
+    })
+}
+
+/// Session `id` as `ferryctl sessions --json` lists it, if it does.
+fn session(s: &Server, id: u64) -> Option<Value> {
+    let v = ctl_json(s, &["sessions"]);
+    v["sessions"]
+        .as_array()
+        .expect("a sessions array")
+        .iter()
+        .find(|x| x["id"].as_u64() == Some(id))
+        .cloned()
+}
+
+/// Waits for the one session ferryd runs to be moving data; returns it.
+fn wait_for_running_session(s: &Server, ferry: &mut Running) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = ctl_json(s, &["sessions"]);
+        let list = v["sessions"].as_array().expect("a sessions array");
+        assert!(list.len() <= 1, "one transfer, one session: {v}");
+        if let Some(x) = list.first()
+            && x["state"] == "running"
+            && x["bytes"].as_u64() > Some(0)
+        {
+            return x.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no running session listed within 60 s: {v}\nferryd stderr:\n{}",
+            s.stderr()
+        );
+        // Drain the client's progress lines so it never blocks on a full pipe.
+        let _ = ferry.wait_line(Duration::from_millis(100), |_| false);
+    }
+}
+
+fn u64_of(v: &Value, field: &str) -> u64 {
+    v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no integer {field} in {v}"))
+}
+
+/// Payload bits per second delivered by session `id` over about `window`, from two
+/// `bytes` readings (the acceptance script's way of measuring).
+fn measured_rate(s: &Server, id: u64, window: Duration) -> f64 {
+    let t0 = Instant::now();
+    let b0 = u64_of(&session(s, id).expect("session listed"), "bytes");
+    thread::sleep(window);
+    let b1 = u64_of(&session(s, id).expect("session listed"), "bytes");
+    let secs = t0.elapsed().as_secs_f64();
+    b1.saturating_sub(b0) as f64 * 8.0 / secs
+}
+
+/// Runs ferryctl with the given args and asserts success; returns stdout.
+fn ctl_ok(s: &Server, args: &[&str]) -> String {
+    let out = ferryctl_at(&s.ctl_socket(), args);
+    assert!(
+        out.status.success(),
+        "ferryctl {args:?}: {}\nferryd stderr:\n{}",
+        describe(&out),
+        s.stderr()
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn a_download_is_listed_steered_paused_and_resumed() {
+    let mut s = Server::start();
+    // Large enough that the transfer is still running after a second at 200 Mbit/s and
+    // two at 400 Mbit/s (64 MiB would be over by then).
+    let size = 128 * MIB;
+    let src = s.docroot.join("big.bin");
+    write_random_file(&src, size, 0xC71);
+    let back = s.dir("back");
+    let cmd = s.ferry_cmd(
+        "recv",
+        &[
+            OsStr::new("-l"),
+            OsStr::new("200m"),
+            OsStr::new("--policy"),
+            OsStr::new("fixed"),
+            OsStr::new(&s.remote("/big.bin")),
+            back.as_os_str(),
+        ],
+    );
+    let mut ferry = s.spawn_ferry(&cmd);
+
+    let first = wait_for_running_session(&s, &mut ferry);
+    let id = u64_of(&first, "id");
+    let ids = id.to_string();
+    assert_eq!(
+        first["direction"], "send",
+        "ferryd sends a download: {first}"
+    );
+    assert_eq!(u64_of(&first, "target_bps"), 200_000_000, "{first}");
+    assert_eq!(first["policy"], "fixed", "{first}");
+    assert_eq!(u64_of(&first, "total"), size, "{first}");
+    assert_eq!(u64_of(&first, "files"), 1, "{first}");
+    for field in [
+        "id",
+        "peer",
+        "user",
+        "direction",
+        "files",
+        "bytes",
+        "total",
+        "rate_bps",
+        "target_bps",
+        "min_bps",
+        "policy",
+        "loss",
+        "rtt_ms",
+        "state",
+    ] {
+        assert!(first.get(field).is_some(), "no {field} in {first}");
+    }
+    // `show` is the same session; the table names it too.
+    let shown = ctl_json(&s, &["show", &ids]);
+    assert_eq!(shown["id"], first["id"], "{shown}");
+    assert_eq!(shown["direction"], "send", "{shown}");
+    let table = ctl_ok(&s, &["sessions"]);
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(table.contains(&ids) && table.contains("fixed"), "{table}");
+    let status = ctl_json(&s, &["status"]);
+    assert_eq!(status["sessions"], 1, "{status}");
+    assert_eq!(status["sending"], 1, "{status}");
+    assert_eq!(u64_of(&status, "pid"), u64::from(s.pid()), "{status}");
+
+    let r1 = measured_rate(&s, id, Duration::from_millis(800));
+    assert!(
+        (120e6..=260e6).contains(&r1),
+        "at -l 200m the session moved {:.0} Mbit/s",
+        r1 / 1e6
+    );
+
+    // set-rate: the listed target changes within a second, and the rate follows.
+    let out = ctl_ok(&s, &["set-rate", &ids, "--target", "400m"]);
+    assert!(out.contains("400 Mbit/s"), "{out}");
+    let t = Instant::now();
+    loop {
+        let x = session(&s, id).expect("still listed");
+        if u64_of(&x, "target_bps") == 400_000_000 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "target not changed: {x}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(300));
+    let r2 = measured_rate(&s, id, Duration::from_millis(800));
+    eprintln!(
+        "rate before set-rate {:.0} Mbit/s, after {:.0} Mbit/s",
+        r1 / 1e6,
+        r2 / 1e6
+    );
+    assert!(
+        r2 > 1.4 * r1 && r2 > 250e6,
+        "after set-rate --target 400m the rate went from {:.0} to {:.0} Mbit/s",
+        r1 / 1e6,
+        r2 / 1e6
+    );
+    assert!(
+        session(&s, id).is_some(),
+        "the transfer ended too soon for the pause test (make the file larger)"
+    );
+
+    // pause: data stops within a second; the session stays.
+    let paused_at = Instant::now();
+    let out = ctl_json(&s, &["pause", &ids]);
+    assert_eq!(out["ok"], true, "{out}");
+    thread::sleep(Duration::from_millis(300));
+    let a = session(&s, id).expect("a paused session stays listed");
+    thread::sleep(Duration::from_millis(500));
+    let b = session(&s, id).expect("a paused session stays listed");
+    assert!(paused_at.elapsed() < Duration::from_millis(1500));
+    assert_eq!(b["state"], "paused", "{b}");
+    let paused_rate = (u64_of(&b, "bytes") - u64_of(&a, "bytes")) as f64 * 8.0 / 0.5;
+    assert!(
+        paused_rate < 2e6,
+        "paused, yet {:.1} Mbit/s delivered ({a} then {b})",
+        paused_rate / 1e6
+    );
+    assert!(u64_of(&b, "rate_bps") < 2_000_000, "{b}");
+    assert!(u64_of(&b, "bytes") < size, "{b}");
+
+    // resume: it completes, the file exact.
+    ctl_ok(&s, &["resume", &ids]);
+    let run = ferry.wait(FERRY_TIMEOUT);
+    s.assert_ok(&run, "the download after pause and resume");
+    if let Some(d) = first_difference(&src, &back.join("big.bin")) {
+        panic!("after pause and resume: {d}\n{}", run.describe());
+    }
+    // Ended sessions leave the list.
+    let t = Instant::now();
+    while session(&s, id).is_some() {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "session {id} still listed"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let log = s.stderr();
+    for what in ["set-rate target=400000000", "pause", "resume"] {
+        assert!(
+            log.contains(&format!("session {id}: {what}")),
+            "ferryd did not log {what}:\n{log}"
+        );
+    }
+    s.assert_alive("after the steered download");
+}
+
+#[test]
+fn an_upload_cannot_be_steered_here_and_ferryctl_says_why() {
+    let mut s = Server::start();
+    let src = s.dir("src").join("up.bin");
+    write_random_file(&src, 48 * MIB, 0xC72);
+    let cmd = s.ferry_cmd(
+        "send",
+        &[
+            OsStr::new("-l"),
+            OsStr::new("100m"),
+            OsStr::new("--policy"),
+            OsStr::new("fixed"),
+            src.as_os_str(),
+            OsStr::new(&s.remote("/")),
+        ],
+    );
+    let mut ferry = s.spawn_ferry(&cmd);
+    let x = wait_for_running_session(&s, &mut ferry);
+    let ids = u64_of(&x, "id").to_string();
+    assert_eq!(x["direction"], "recv", "ferryd receives an upload: {x}");
+
+    for args in [
+        vec!["set-rate", &ids, "--target", "400m"],
+        vec!["pause", &ids],
+    ] {
+        let out = ferryctl_at(&s.ctl_socket(), &args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", describe(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(
+            err.starts_with("ferryctl: ")
+                && err.contains(&format!("session {ids} receives here"))
+                && err.contains("not supported yet"),
+            "{args:?}: {err}"
+        );
+    }
+    let run = ferry.wait(FERRY_TIMEOUT);
+    s.assert_ok(&run, "the upload after refused changes");
+    if let Some(d) = first_difference(&src, &s.docroot.join("up.bin")) {
+        panic!("upload: {d}");
+    }
+}
+
+#[test]
+fn ferryctl_without_ferryd_says_how_to_fix_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("nobody-here.sock");
+    for sub in ["status", "sessions"] {
+        let out = ferryctl_at(&sock, &[sub]);
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let p = sock.display();
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(
+            err.contains(&format!("cannot reach ferryd at {p}: "))
+                && err.contains(&format!("is ferryd running with --ctl-socket {p}?")),
+            "{err}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+    // Unknown sessions are one clear line too (against a live ferryd).
+    let s = Server::start();
+    let out = ferryctl_at(&s.ctl_socket(), &["pause", "12345"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no session 12345"), "{err}");
+    let out = ferryctl_at(&s.ctl_socket(), &["show", "12345"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+}
+
+fn read_reply(stream: &UnixStream) -> Value {
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("reply {line:?}: {e}"))
+}
+
+#[test]
+fn garbage_on_the_socket_gets_error_replies_and_ferryd_stays_up() {
+    let mut s = Server::start();
+    let mut c = UnixStream::connect(s.ctl_socket()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"hello ferryd, how are you?\n").unwrap();
+    let r = read_reply(&c);
+    assert_eq!(r["error"]["code"], "bad_request", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a control request"),
+        "{r}"
+    );
+    c.write_all(b"\x00\xff\xfe{{{\n").unwrap();
+    assert_eq!(read_reply(&c)["error"]["code"], "bad_request");
+    c.write_all(b"{\"version\":1,\"command\":{\"op\":\"status\"}}\n")
+        .unwrap();
+    let r = read_reply(&c);
+    assert_eq!(r["ok"]["kind"], "status", "the connection still works: {r}");
+
+    // Over the 64 KiB limit: an error reply, then the connection closes.
+    let mut big = UnixStream::connect(s.ctl_socket()).unwrap();
+    big.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = big.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        let _ = w.write_all(&vec![b'{'; 256 << 10]);
+    });
+    let mut all = String::new();
+    big.read_to_string(&mut all).unwrap();
+    writer.join().unwrap();
+    let r: Value = serde_json::from_str(all.trim_end()).unwrap();
+    assert_eq!(r["error"]["code"], "too_large", "{r}");
+
+    s.assert_alive("after garbage on the control socket");
+    let status = ctl_json(&s, &["status"]);
+    assert_eq!(u64_of(&status, "sessions"), 0, "{status}");
+    assert!(
+        status["tcp"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{}", s.tcp_port)),
+        "{status}"
+    );
+    assert!(
+        status["udp"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{}", s.udp_port)),
+        "{status}"
+    );
+    let text = ctl_ok(&s, &["status"]);
+    assert!(text.starts_with("ferryd "), "{text}");
+
+    // A transfer still works after all that.
+    let src = s.dir("src").join("small.bin");
+    write_random_file(&src, 3 * MIB, 0xC73);
+    let run = s.send(&[src.as_os_str(), OsStr::new(&s.remote("/"))]);
+    s.assert_ok(&run, "an upload after garbage on the control socket");
+
+    // SIGTERM: ferryd stops and takes its socket with it.
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(s.pid() as libc::pid_t, libc::SIGTERM);
+    }
+    let t = Instant::now();
+    let st = loop {
+        if let Some(st) = s.exited() {
+            break st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "ferryd ignored SIGTERM"
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(st.success(), "{st}\n{}", s.stderr());
+    assert!(!s.ctl_socket().exists(), "the socket file outlived ferryd");
+}
+
+#[test]
+fn a_stale_socket_is_replaced_and_a_live_one_is_not_stolen() {
+    let mut s = Server::init();
+    // A socket file nobody answers on, as a crashed ferryd leaves it.
+    drop(std::os::unix::net::UnixListener::bind(s.ctl_socket()).unwrap());
+    s.run();
+    let status = ctl_json(&s, &["status"]);
+    assert_eq!(u64_of(&status, "pid"), u64::from(s.pid()), "{status}");
+    // A second ferryd on the same socket refuses to start and leaves the first alone.
+    let out = Command::new(FERRYD)
+        .arg("run")
+        .arg("--config")
+        .arg(s.srv.join("ferryd.toml"))
+        .args(["--tcp-port", "0", "--udp-port", "0", "--ctl-socket"])
+        .arg(s.ctl_socket())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another ferryd already serves"), "{err}");
+    let status = ctl_json(&s, &["status"]);
+    assert_eq!(u64_of(&status, "pid"), u64::from(s.pid()), "{status}");
+}
+
+#[test]
+fn only_root_and_ferryds_user_may_connect() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: connecting as another user needs root");
+        return;
+    }
+    let s = Server::start();
+    // Let uid 65534 reach the socket, so that ferryd's own check is what refuses it.
+    fs::set_permissions(s.tmp.path(), fs::Permissions::from_mode(0o711)).unwrap();
+    fs::set_permissions(s.ctl_socket(), fs::Permissions::from_mode(0o666)).unwrap();
+    let bin = s.tmp.path().join("ferryctl");
+    fs::copy(ferryctl(), &bin).unwrap();
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(&bin)
+        .arg("--socket")
+        .arg(s.ctl_socket())
+        .arg("sessions")
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("permission denied: uid 65534 may not control this ferryd"),
+        "{err}"
+    );
+    assert!(
+        s.stderr().contains("refused uid 65534"),
+        "ferryd logs the refusal:\n{}",
+        s.stderr()
+    );
+    // Root still may.
+    ctl_json(&s, &["status"]);
+}

@@ -176,6 +176,8 @@ fn ctl_ok(s: &Server, args: &[&str]) -> String {
 
 #[test]
 fn a_download_is_listed_steered_paused_and_resumed() {
+    // Build ferryctl first: on a fresh checkout that takes longer than the transfer.
+    let _ = ferryctl();
     let mut s = Server::start();
     // Large enough that the transfer is still running after a second at 200 Mbit/s and
     // two at 400 Mbit/s (64 MiB would be over by then).

@@ -465,8 +465,7 @@ fn handle(shared: &Shared, uid: u32, req: Request) -> Response {
                     format!("no session {id} (it may have ended; ferryctl sessions lists them)")
                 }
                 ErrorCode::Unsupported => format!(
-                    "{message}; live control of uploads is not supported yet (the client's \
-                     ferry send -l/-m/--policy set their rate)"
+                    "{message} (an upload's changes are relayed to the client, which has gone)"
                 ),
                 _ => message,
             };

@@ -121,10 +121,18 @@ pub struct SessionHandle {
     pub report: mpsc::Receiver<SessionReport>,
     /// Live progress.
     pub progress: Arc<Progress>,
+    /// Live changes asked of a receiving session, which only its peer's sender can make:
+    /// the control plane relays them to the peer.
+    pub remote_ops: mpsc::Receiver<SessionOp>,
 }
 
 enum Command {
-    Add(SessionSpec, mpsc::Sender<SessionReport>, Arc<Progress>),
+    Add(
+        SessionSpec,
+        mpsc::Sender<SessionReport>,
+        Arc<Progress>,
+        mpsc::Sender<SessionOp>,
+    ),
     Control(u32, SessionOp, mpsc::Sender<Result<(), String>>),
 }
 
@@ -165,7 +173,7 @@ pub struct SessionInfo {
     pub total: u64,
     /// Delivered payload over the last snapshot interval, bits per second.
     pub rate_bps: u64,
-    /// Target rate (sending side; 0 on the receiving side, whose peer decides).
+    /// Target rate (sending side; on the receiving side the last one relayed, or 0).
     pub target_bps: u64,
     /// Minimum rate (sending side).
     pub min_bps: u64,
@@ -279,10 +287,11 @@ impl DataPlane {
     /// Starts a session and returns its report channel and live progress.
     pub fn start_session(&self, spec: SessionSpec) -> SessionHandle {
         let (tx, rx) = mpsc::channel();
+        let (ops_tx, ops_rx) = mpsc::channel();
         let progress = Arc::new(Progress::default());
         if self
             .commands
-            .send(Command::Add(spec, tx.clone(), progress.clone()))
+            .send(Command::Add(spec, tx.clone(), progress.clone(), ops_tx))
             .is_err()
         {
             let _ = tx.send(SessionReport::failed(
@@ -296,6 +305,7 @@ impl DataPlane {
         SessionHandle {
             report: rx,
             progress,
+            remote_ops: ops_rx,
         }
     }
 }
@@ -495,6 +505,10 @@ struct Session {
     finished: bool,
     /// A close datagram went to the peer.
     closed: bool,
+    /// Where live changes for the peer's sender go (receiving sessions).
+    remote: Option<mpsc::Sender<SessionOp>>,
+    /// Target and minimum rate last asked for a receiving session.
+    requested: (Option<u64>, Option<u64>),
     wire_bytes: u64,
 }
 
@@ -570,6 +584,8 @@ impl Session {
             error: None,
             finished: false,
             closed: false,
+            remote: None,
+            requested: (None, None),
             wire_bytes: 0,
         })
     }
@@ -582,10 +598,25 @@ impl Session {
 
     fn apply(&mut self, now: Timestamp, op: SessionOp) -> Result<(), String> {
         let Machine::Send(s, _) = &mut self.machine else {
-            return Err(format!(
-                "session {} receives here: rate and pause belong to its sender (the peer)",
-                self.id
-            ));
+            // The peer sends: relay the change to it over the control channel.
+            if let SessionOp::SetRate {
+                target_bps,
+                min_bps,
+                ..
+            } = op
+            {
+                self.requested = (
+                    target_bps.or(self.requested.0),
+                    min_bps.or(self.requested.1),
+                );
+            }
+            return match &self.remote {
+                Some(r) if r.send(op).is_ok() => Ok(()),
+                _ => Err(format!(
+                    "session {} receives here and its sender cannot be reached",
+                    self.id
+                )),
+            };
         };
         match op {
             SessionOp::SetRate {
@@ -636,8 +667,8 @@ impl Session {
             bytes,
             total,
             rate_bps,
-            target_bps: 0,
-            min_bps: 0,
+            target_bps: self.requested.0.unwrap_or(0),
+            min_bps: self.requested.1.unwrap_or(0),
             policy: String::new(),
             loss: 0.0,
             rtt_ms: 0.0,
@@ -946,11 +977,12 @@ impl DataThread {
         loop {
             loop {
                 match self.commands.try_recv() {
-                    Ok(Command::Add(spec, report, progress)) => {
+                    Ok(Command::Add(spec, report, progress, remote)) => {
                         let now = self.now();
                         let id = spec.session;
                         match Session::new(spec, now, report.clone(), progress) {
-                            Ok(s) => {
+                            Ok(mut s) => {
+                                s.remote = Some(remote);
                                 self.sessions.insert(id, s);
                             }
                             Err((code, msg)) => {

@@ -12,7 +12,7 @@ use ferry_engine::control::{
     ClientOptions, Control, DownloadRequest, ErrorCode, ServerHandle, SessionStarter,
     TransferParams, UploadRequest, serve,
 };
-use ferry_engine::data::{FileEntry, Role, SessionReport, SessionSpec};
+use ferry_engine::data::{FileEntry, Role, SessionHandle, SessionReport, SessionSpec};
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::ssh_key::private::{Ed25519Keypair, PrivateKey};
 
@@ -23,7 +23,7 @@ struct Fake {
 }
 
 impl SessionStarter for Fake {
-    fn start(&self, spec: SessionSpec) -> mpsc::Receiver<SessionReport> {
+    fn start(&self, spec: SessionSpec) -> SessionHandle {
         let bytes = spec.files.iter().map(|f| f.size).sum();
         self.specs.lock().unwrap().push(spec);
         let (tx, rx) = mpsc::channel();
@@ -36,7 +36,11 @@ impl SessionStarter for Fake {
             drops: Vec::new(),
         })
         .unwrap();
-        rx
+        SessionHandle {
+            report: rx,
+            progress: Default::default(),
+            remote_ops: mpsc::channel().1,
+        }
     }
 
     fn udp_port(&self) -> u16 {

@@ -325,15 +325,18 @@ fn a_download_is_listed_steered_paused_and_resumed() {
 }
 
 #[test]
-fn an_upload_cannot_be_steered_here_and_ferryctl_says_why() {
+fn an_upload_is_steered_through_its_sender() {
+    // ferryd receives an upload; its ferryctl changes travel over the control channel to
+    // the client, whose sender applies them.
+    let _ = ferryctl();
     let mut s = Server::start();
     let src = s.dir("src").join("up.bin");
-    write_random_file(&src, 48 * MIB, 0xC72);
+    write_random_file(&src, 128 * MIB, 0xC72);
     let cmd = s.ferry_cmd(
         "send",
         &[
             OsStr::new("-l"),
-            OsStr::new("100m"),
+            OsStr::new("200m"),
             OsStr::new("--policy"),
             OsStr::new("fixed"),
             src.as_os_str(),
@@ -342,26 +345,35 @@ fn an_upload_cannot_be_steered_here_and_ferryctl_says_why() {
     );
     let mut ferry = s.spawn_ferry(&cmd);
     let x = wait_for_running_session(&s, &mut ferry);
-    let ids = u64_of(&x, "id").to_string();
+    let id = u64_of(&x, "id");
+    let ids = id.to_string();
     assert_eq!(x["direction"], "recv", "ferryd receives an upload: {x}");
 
-    for args in [
-        vec!["set-rate", &ids, "--target", "400m"],
-        vec!["pause", &ids],
-    ] {
-        let out = ferryctl_at(&s.ctl_socket(), &args);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", describe(&out));
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(err.lines().count(), 1, "one line: {err}");
-        assert!(
-            err.starts_with("ferryctl: ")
-                && err.contains(&format!("session {ids} receives here"))
-                && err.contains("not supported yet"),
-            "{args:?}: {err}"
-        );
-    }
+    let r1 = measured_rate(&s, id, Duration::from_millis(800));
+    assert!(
+        (120e6..=260e6).contains(&r1),
+        "at -l 200m the upload moved {:.0} Mbit/s",
+        r1 / 1e6
+    );
+    ctl_ok(&s, &["set-rate", &ids, "--target", "400m"]);
+    thread::sleep(Duration::from_millis(500));
+    let r2 = measured_rate(&s, id, Duration::from_millis(800));
+    assert!(
+        (300e6..=480e6).contains(&r2),
+        "after set-rate 400m the upload moved {:.0} Mbit/s",
+        r2 / 1e6
+    );
+    ctl_ok(&s, &["pause", &ids]);
+    thread::sleep(Duration::from_millis(500));
+    let r3 = measured_rate(&s, id, Duration::from_millis(500));
+    assert!(
+        r3 < 5e6,
+        "paused, the upload still moved {:.0} Mbit/s",
+        r3 / 1e6
+    );
+    ctl_ok(&s, &["resume", &ids]);
     let run = ferry.wait(FERRY_TIMEOUT);
-    s.assert_ok(&run, "the upload after refused changes");
+    s.assert_ok(&run, "the upload after set-rate, pause and resume");
     if let Some(d) = first_difference(&src, &s.docroot.join("up.bin")) {
         panic!("upload: {d}");
     }

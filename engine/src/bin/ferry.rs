@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use ferry_engine::config::parse_rate;
 use ferry_engine::control::client::{ClientOptions, Control, default_known_hosts, default_user};
+use ferry_engine::control::messages::Steer;
 use ferry_engine::control::{DownloadRequest, ErrorCode, TransferParams, UploadRequest};
 use ferry_engine::data::{self, DataPlane, FileEntry, Role, SessionReport, SessionSpec};
 use ferry_engine::paths::validate_relative;
@@ -411,7 +412,7 @@ fn send(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
         no_fsync: o.no_fsync,
         initial_rtt: rtt,
     };
-    let report = run_session(&plane, spec, o.json)?;
+    let report = run_session(&plane, &mut control, spec, o.json)?;
     // A failure seen here (a source that vanished) is more specific than the server's view
     // of it (the sender closed the session), unless all we saw is that the server ended
     // the session: then its reason (disk full) is the one to show.
@@ -522,7 +523,7 @@ fn recv(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
         no_fsync: o.no_fsync,
         initial_rtt: rtt,
     };
-    let report = run_session(&plane, spec, o.json)?;
+    let report = run_session(&plane, &mut control, spec, o.json)?;
     if let Some(err) = report.error {
         return Err(err.into());
     }
@@ -541,16 +542,40 @@ fn recv(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
 }
 
 /// Runs one session to its end, reporting progress at least once a second.
-fn run_session(plane: &DataPlane, spec: SessionSpec, json: bool) -> Result<SessionReport, Failure> {
+fn run_session(
+    plane: &DataPlane,
+    control: &mut Control,
+    spec: SessionSpec,
+    json: bool,
+) -> Result<SessionReport, Failure> {
     let id = spec.session;
     let handle = plane.start_session(spec);
     let bar = !json && std::io::stderr().is_terminal();
     let mut last = (Instant::now(), 0u64);
     loop {
-        match handle
-            .report
-            .recv_timeout(Duration::from_millis(if json { 1000 } else { 200 }))
-        {
+        // Changes the server's operator relays (ferryctl on an upload, whose sender is
+        // here) are applied at once; waiting for them is also part of this loop's pause.
+        if let Some(steer) = control.poll_steer(Duration::from_millis(20)) {
+            let op = match steer {
+                Steer::SetRate {
+                    target_bps,
+                    min_bps,
+                    policy,
+                } => data::SessionOp::SetRate {
+                    target_bps,
+                    min_bps,
+                    policy: policy.and_then(|p| p.parse().ok()),
+                },
+                Steer::Pause => data::SessionOp::Pause,
+                Steer::Resume => data::SessionOp::Resume,
+                Steer::Cancel => data::SessionOp::Cancel,
+            };
+            if let Err(e) = plane.control(id, op) {
+                eprintln!("ferry: the server asked for a change that failed here: {e}");
+            }
+        }
+        // Progress at least once a second (the contract); more often makes a smoother bar.
+        match handle.report.recv_timeout(Duration::from_millis(180)) {
             Ok(report) => {
                 if bar {
                     eprintln!();

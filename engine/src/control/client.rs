@@ -100,6 +100,8 @@ struct Inner {
     session: client::Handle<ClientHandler>,
     channel: Channel<client::Msg>,
     lines: LineBuffer,
+    /// Messages read while looking for steering, kept for the next reply.
+    pending: std::collections::VecDeque<ServerMsg>,
 }
 
 impl Control {
@@ -165,14 +167,45 @@ impl Control {
         })
     }
 
+    /// Waits up to `wait` for a live change the server relays from its operator
+    /// (`ferryctl set-rate` on an upload, whose sender is this client). Other messages are
+    /// kept for [`wait_done`](Self::wait_done).
+    pub fn poll_steer(&mut self, wait: Duration) -> Option<super::messages::Steer> {
+        let inner = &mut self.inner;
+        if let Some(i) = inner
+            .pending
+            .iter()
+            .position(|m| matches!(m, ServerMsg::Steer(_)))
+            && let Some(ServerMsg::Steer(s)) = inner.pending.remove(i)
+        {
+            return Some(s);
+        }
+        let msg = self
+            .rt
+            .block_on(async { tokio::time::timeout(wait, inner.read_msg()).await })
+            .ok()?
+            .ok()?;
+        match msg {
+            ServerMsg::Steer(s) => Some(s),
+            other => {
+                inner.pending.push_back(other);
+                None
+            }
+        }
+    }
+
     /// Waits for the server's end of the transfer (`None`: as long as the connection lives).
     pub fn wait_done(&mut self, timeout: Option<Duration>) -> Result<Done, ControlError> {
         let inner = &mut self.inner;
         self.rt.block_on(async {
             let wait = async {
-                match inner.next_reply().await? {
-                    ServerMsg::Done(d) => Ok(d),
-                    other => Err(unexpected(&other)),
+                loop {
+                    match inner.next_reply().await? {
+                        ServerMsg::Done(d) => return Ok(d),
+                        // A change relayed after our session ended: nothing to apply.
+                        ServerMsg::Steer(_) => {}
+                        other => return Err(unexpected(&other)),
+                    }
                 }
             };
             match timeout {
@@ -207,6 +240,7 @@ fn unexpected(msg: &ServerMsg) -> ControlError {
         ServerMsg::Ready(_) => "ready",
         ServerMsg::Manifest(_) => "manifest",
         ServerMsg::Done(_) => "done",
+        ServerMsg::Steer(_) => "steer",
         ServerMsg::Error(_) => "error",
     };
     (
@@ -225,10 +259,19 @@ impl Inner {
 
     /// The next message; a server [`ServerMsg::Error`] becomes an `Err`.
     async fn next_reply(&mut self) -> Result<ServerMsg, ControlError> {
-        match self.next_msg().await? {
+        let msg = match self.pending.pop_front() {
+            Some(m) => m,
+            None => self.next_msg().await?,
+        };
+        match msg {
             ServerMsg::Error(e) => Err(e.to_error()),
             m => Ok(m),
         }
+    }
+
+    /// The next message, steering included.
+    async fn read_msg(&mut self) -> Result<ServerMsg, ControlError> {
+        self.next_msg().await
     }
 
     async fn next_msg(&mut self) -> Result<ServerMsg, ControlError> {
@@ -344,6 +387,7 @@ async fn connect(opts: &ClientOptions) -> Result<Connected, ControlError> {
         session,
         channel,
         lines: LineBuffer::default(),
+        pending: Default::default(),
     };
     inner
         .send(&ClientMsg::Hello {

@@ -97,6 +97,9 @@ pub enum ServerMsg {
     Manifest(Manifest),
     /// The transfer ended (the server's data plane reported).
     Done(Done),
+    /// An operator changed the session on the server (`ferryctl`), but the client sends
+    /// the data: apply it there.
+    Steer(Steer),
     /// The request was refused before any data moved.
     Error(ErrorMsg),
 }
@@ -135,6 +138,27 @@ pub struct Manifest {
     /// Session id, secret, port, block size, cipher and rates, as in [`Ready`].
     #[serde(flatten)]
     pub session: Ready,
+}
+
+/// A live change for the client's sender, relayed from the server's `ferryctl`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Steer {
+    /// New target and/or minimum rate (bits per second) and/or policy.
+    SetRate {
+        /// New target rate.
+        target_bps: Option<u64>,
+        /// New minimum rate.
+        min_bps: Option<u64>,
+        /// New policy name.
+        policy: Option<String>,
+    },
+    /// Stop sending data.
+    Pause,
+    /// Continue.
+    Resume,
+    /// End the session.
+    Cancel,
 }
 
 /// How the transfer ended on the server's side.

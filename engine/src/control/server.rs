@@ -28,7 +28,7 @@ use super::messages::{
 };
 use super::{ErrorCode, SUBSYSTEM};
 use crate::config::FerrydConfig;
-use crate::data::{DataPlane, FileEntry, Role, SessionReport, SessionSpec};
+use crate::data::{DataPlane, FileEntry, Role, SessionHandle, SessionReport, SessionSpec};
 use crate::paths::{Docroot, PathError, validate_relative};
 
 /// The largest payload per datagram: a UDP datagram (65 507 bytes) less the data header and
@@ -45,15 +45,15 @@ const REPORT_POLL: Duration = Duration::from_millis(20);
 /// What the control plane needs of a data plane: start a session, and say where it listens.
 /// Implemented by [`DataPlane`]; tests use a fake.
 pub trait SessionStarter: Send + Sync + 'static {
-    /// Starts a session; the channel yields its report when it ends.
-    fn start(&self, spec: SessionSpec) -> mpsc::Receiver<SessionReport>;
+    /// Starts a session: its report channel, live progress and relayed operator changes.
+    fn start(&self, spec: SessionSpec) -> SessionHandle;
     /// The data plane's UDP port.
     fn udp_port(&self) -> u16;
 }
 
 impl SessionStarter for DataPlane {
-    fn start(&self, spec: SessionSpec) -> mpsc::Receiver<SessionReport> {
-        self.add_session(spec)
+    fn start(&self, spec: SessionSpec) -> SessionHandle {
+        self.start_session(spec)
     }
 
     fn udp_port(&self) -> u16 {
@@ -494,9 +494,15 @@ async fn run_channel<S: SessionStarter>(mut channel: Channel<Msg>, ctx: ChannelC
     let mut client_gone = false;
     let done = loop {
         tokio::select! {
-            _ = tokio::time::sleep(REPORT_POLL) => match rx.try_recv() {
+            _ = tokio::time::sleep(REPORT_POLL) => match rx.report.try_recv() {
                 Ok(r) => break done_from_report(&r),
-                Err(mpsc::TryRecvError::Empty) => {}
+                Err(mpsc::TryRecvError::Empty) => {
+                    while let Ok(op) = rx.remote_ops.try_recv() {
+                        if !client_gone {
+                            send(&channel, &ServerMsg::Steer(steer_of(op))).await;
+                        }
+                    }
+                }
                 Err(mpsc::TryRecvError::Disconnected) => break done_error(
                     ErrorCode::Internal,
                     "the data plane ended the session without a report".into(),
@@ -562,7 +568,7 @@ fn done_error(code: ErrorCode, message: String) -> Done {
     }
 }
 
-type Started = Option<(u32, mpsc::Receiver<SessionReport>)>;
+type Started = Option<(u32, SessionHandle)>;
 
 async fn handle_upload<S: SessionStarter>(
     ctx: &ChannelCtx<S>,
@@ -986,6 +992,26 @@ fn rtt_hint(params: &crate::control::TransferParams) -> std::time::Duration {
     match params.rtt_hint_us {
         0 => std::time::Duration::from_millis(50),
         us => std::time::Duration::from_micros(us.clamp(200, 2_000_000)),
+    }
+}
+
+/// The message that relays an operator's change to the client's sender.
+fn steer_of(op: crate::data::SessionOp) -> crate::control::messages::Steer {
+    use crate::control::messages::Steer;
+    use crate::data::SessionOp;
+    match op {
+        SessionOp::SetRate {
+            target_bps,
+            min_bps,
+            policy,
+        } => Steer::SetRate {
+            target_bps,
+            min_bps,
+            policy: policy.map(|p| p.to_string()),
+        },
+        SessionOp::Pause => Steer::Pause,
+        SessionOp::Resume => Steer::Resume,
+        SessionOp::Cancel => Steer::Cancel,
     }
 }
 

@@ -103,7 +103,8 @@ pub struct FerrydConfig {
     pub policy: String,
     /// Payload bytes per datagram when the client names none.
     pub block_size: u32,
-    /// CPU cores for the data plane (empty: let the system choose). Not used yet.
+    /// CPU cores for the data plane: one pinned data thread per core, each with its own
+    /// UDP socket (empty: every core this process may run on).
     pub cores: Vec<usize>,
     /// The control socket that ferryctl talks to.
     pub ctl_socket: PathBuf,
@@ -308,7 +309,7 @@ min_rate = "0"
 policy = "fair"           # fixed | high | fair | low
 block_size = 8192         # payload bytes per datagram when the client names none
 
-cores = []                # CPU cores for the data plane; empty lets the system choose
+cores = []                # one pinned data thread per core; empty: every available core
 ctl_socket = "/run/ferry/ctl.sock"
 
 # Per-user settings: a docroot of their own, and keys that log in as them besides

@@ -124,6 +124,8 @@ pub struct SessionHandle {
     /// Live changes asked of a receiving session, which only its peer's sender can make:
     /// the control plane relays them to the peer.
     pub remote_ops: mpsc::Receiver<SessionOp>,
+    /// The UDP port of the lane running the session: where the peer sends.
+    pub udp_port: u16,
 }
 
 enum Command {
@@ -189,24 +191,26 @@ pub struct SessionInfo {
     pub state: &'static str,
 }
 
-/// A handle on a running data plane (cheap to clone).
+/// A handle on a running data plane (cheap to clone): one or more lanes, each a data thread
+/// pinned to its own core with its own UDP socket and port.
 #[derive(Clone, Debug)]
 pub struct DataPlane {
+    lanes: Arc<Vec<Lane>>,
+    /// Which lane runs each live session.
+    placement: Arc<Mutex<HashMap<u32, usize>>>,
+}
+
+/// One data thread: its socket's address, its command queue and its session snapshot.
+#[derive(Debug)]
+struct Lane {
     local: SocketAddr,
     commands: mpsc::Sender<Command>,
-    wake: Arc<UdpSocket>,
+    wake: UdpSocket,
     snapshot: Arc<Mutex<Vec<SessionInfo>>>,
 }
 
 /// How often the data thread refreshes what [`DataPlane::sessions`] returns.
 const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(100);
-
-impl std::fmt::Debug for Command {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Command")
-    }
-}
-
 /// How long a session waits for the first authentic datagram from its peer.
 const UDP_START_TIMEOUT: Duration = Duration::from_secs(5);
 /// Socket buffers: bursts at 10 Gbit/s and more need megabytes.
@@ -214,33 +218,30 @@ const SOCKET_BUFFER: usize = 16 << 20;
 /// A datagram that wakes the data thread to look at its command queue.
 const WAKE: &[u8] = b"ferry-wake";
 
-impl DataPlane {
-    /// Binds `addr` (port 0 picks one) and starts the data thread.
-    pub fn start(addr: SocketAddr) -> io::Result<DataPlane> {
+impl Lane {
+    fn start(addr: SocketAddr, core: Option<usize>) -> io::Result<Lane> {
         let socket = UdpSocket::bind(addr)?;
         socket.set_nonblocking(true)?;
         set_buffers(&socket, SOCKET_BUFFER);
         let local = socket.local_addr()?;
-        let wake = UdpSocket::bind(if local.is_ipv4() {
-            "127.0.0.1:0"
+        let loopback: std::net::IpAddr = if local.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
         } else {
-            "[::1]:0"
-        })?;
-        let wake_target = SocketAddr::new(
-            if local.is_ipv4() {
-                std::net::Ipv4Addr::LOCALHOST.into()
-            } else {
-                std::net::Ipv6Addr::LOCALHOST.into()
-            },
-            local.port(),
-        );
-        wake.connect(wake_target)?;
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        let wake = UdpSocket::bind(SocketAddr::new(loopback, 0))?;
+        wake.connect(SocketAddr::new(loopback, local.port()))?;
         let (tx, rx) = mpsc::channel();
         let snapshot = Arc::new(Mutex::new(Vec::new()));
         let shared = snapshot.clone();
         std::thread::Builder::new()
             .name(format!("ferry-data-{}", local.port()))
             .spawn(move || {
+                if let Some(core) = core
+                    && let Err(e) = ferry_io::placement::pin_current_thread(core)
+                {
+                    eprintln!("ferry: cannot pin the data thread to core {core}: {e}");
+                }
                 // Pacing sleeps are tens of microseconds: the default 50 µs timer slack
                 // would add as much again to each.
                 // SAFETY: prctl with PR_SET_TIMERSLACK takes one integer argument.
@@ -249,17 +250,59 @@ impl DataPlane {
                 }
                 DataThread::new(socket, rx, shared).run()
             })?;
-        Ok(DataPlane {
+        Ok(Lane {
             local,
             commands: tx,
-            wake: Arc::new(wake),
+            wake,
             snapshot,
         })
     }
 
-    /// The bound UDP address.
+    fn send(&self, cmd: Command) -> Result<(), ()> {
+        self.commands.send(cmd).map_err(|_| ())?;
+        // Wake the data thread if it is asleep in poll(2).
+        let _ = self.wake.send(WAKE);
+        Ok(())
+    }
+}
+
+impl DataPlane {
+    /// Binds `addr` (port 0 picks one) and starts one data thread, not pinned.
+    pub fn start(addr: SocketAddr) -> io::Result<DataPlane> {
+        Self::start_on(addr, &[])
+    }
+
+    /// One data thread per core in `cores`, each pinned to its core with a socket of its
+    /// own: the first on `addr`, the others on free ports of the same address (the client
+    /// learns its session's port over the control channel). An empty list starts one
+    /// unpinned thread.
+    pub fn start_on(addr: SocketAddr, cores: &[usize]) -> io::Result<DataPlane> {
+        let mut lanes = Vec::new();
+        if cores.is_empty() {
+            lanes.push(Lane::start(addr, None)?);
+        }
+        for (i, &core) in cores.iter().enumerate() {
+            let at = if i == 0 {
+                addr
+            } else {
+                SocketAddr::new(addr.ip(), 0)
+            };
+            lanes.push(Lane::start(at, Some(core))?);
+        }
+        Ok(DataPlane {
+            lanes: Arc::new(lanes),
+            placement: Default::default(),
+        })
+    }
+
+    /// The first lane's UDP address (the one `ferryd` announces).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local
+        self.lanes[0].local
+    }
+
+    /// Every lane's UDP address.
+    pub fn lane_addrs(&self) -> Vec<SocketAddr> {
+        self.lanes.iter().map(|l| l.local).collect()
     }
 
     /// Starts a session; the channel yields its report when it ends.
@@ -269,28 +312,54 @@ impl DataPlane {
 
     /// The sessions running now (refreshed every 100 ms).
     pub fn sessions(&self) -> Vec<SessionInfo> {
-        self.snapshot.lock().map(|s| s.clone()).unwrap_or_default()
+        let mut all: Vec<SessionInfo> = self
+            .lanes
+            .iter()
+            .flat_map(|l| l.snapshot.lock().map(|s| s.clone()).unwrap_or_default())
+            .collect();
+        all.sort_by_key(|s| s.id);
+        all
     }
 
     /// Applies a live change to session `id`; effective on the wire within a few
     /// milliseconds.
     pub fn control(&self, id: u32, op: SessionOp) -> Result<(), String> {
+        let lane = self
+            .placement
+            .lock()
+            .ok()
+            .and_then(|p| p.get(&id).copied())
+            .ok_or_else(|| format!("no session {id}"))?;
         let (tx, rx) = mpsc::channel();
-        self.commands
+        self.lanes[lane]
             .send(Command::Control(id, op, tx))
             .map_err(|_| "the data plane has stopped".to_string())?;
-        let _ = self.wake.send(WAKE);
         rx.recv_timeout(Duration::from_secs(2))
             .map_err(|_| "the data plane did not answer".to_string())?
     }
 
-    /// Starts a session and returns its report channel and live progress.
+    /// Starts a session on the least busy lane and returns its report channel, live
+    /// progress and the UDP port the peer must use.
     pub fn start_session(&self, spec: SessionSpec) -> SessionHandle {
         let (tx, rx) = mpsc::channel();
         let (ops_tx, ops_rx) = mpsc::channel();
         let progress = Arc::new(Progress::default());
-        if self
-            .commands
+        let id = spec.session;
+        let lane = {
+            let mut placement = self.placement.lock().expect("placement lock");
+            // Forget sessions that have ended (their lane no longer lists them).
+            let live: std::collections::HashSet<u32> =
+                self.sessions().iter().map(|s| s.id).collect();
+            placement.retain(|k, _| live.contains(k));
+            let mut load = vec![0usize; self.lanes.len()];
+            for &l in placement.values() {
+                load[l] += 1;
+            }
+            let lane = (0..self.lanes.len()).min_by_key(|&l| load[l]).unwrap_or(0);
+            placement.insert(id, lane);
+            lane
+        };
+        if self.lanes[lane]
             .send(Command::Add(spec, tx.clone(), progress.clone(), ops_tx))
             .is_err()
         {
@@ -298,14 +367,12 @@ impl DataPlane {
                 ErrorCode::Internal,
                 "the data plane has stopped".into(),
             ));
-        } else {
-            // Wake the data thread if it is asleep in poll(2).
-            let _ = self.wake.send(WAKE);
         }
         SessionHandle {
             report: rx,
             progress,
             remote_ops: ops_rx,
+            udp_port: self.lanes[lane].local.port(),
         }
     }
 }

@@ -40,6 +40,7 @@ impl SessionStarter for Fake {
             report: rx,
             progress: Default::default(),
             remote_ops: mpsc::channel().1,
+            udp_port: self.udp_port(),
         }
     }
 

@@ -109,7 +109,14 @@ fn run(
     }
 
     let udp = SocketAddr::new(config.listen, config.udp_port);
-    let data = DataPlane::start(udp)
+    // One data thread per core, pinned, each with its own UDP socket (the first on the
+    // configured port, the others on free ports told to clients over SSH).
+    let cores = if config.cores.is_empty() {
+        ferry_io::placement::available_cores()
+    } else {
+        config.cores.clone()
+    };
+    let data = DataPlane::start_on(udp, &cores)
         .with_context(|| format!("cannot start the data plane on UDP {udp}"))?;
     let udp_addr = data.local_addr();
     let tcp = SocketAddr::new(config.listen, config.tcp_port);

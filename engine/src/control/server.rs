@@ -625,11 +625,13 @@ fn start_session<S: SessionStarter>(
     };
     prepared.spec.session = session;
     prepared.spec.secret = secret;
+    // Start first: the lane the session lands on decides the UDP port the client uses.
+    let handle = ctx.shared.starter.start(prepared.spec.clone());
     let spec = &prepared.spec;
     let ready = Ready {
         session,
         secret: to_hex(&secret),
-        udp_port: ctx.shared.starter.udp_port(),
+        udp_port: handle.udp_port,
         block_size: spec.block_size,
         cipher: spec.cipher.name().to_string(),
         policy: spec.policy.as_str().to_string(),
@@ -651,8 +653,7 @@ fn start_session<S: SessionStarter>(
         spec.limits.target_bps,
         spec.policy,
     );
-    let rx = ctx.shared.starter.start(prepared.spec);
-    (msg, Some((session, rx)))
+    (msg, Some((session, handle)))
 }
 
 fn fresh_session() -> Result<(u32, [u8; 32]), ErrorMsg> {

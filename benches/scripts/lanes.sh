@@ -12,7 +12,10 @@ trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$W"' EXIT
 cores=$(nproc)
 echo "cores=$cores $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 "$BIN/ferryd" init srv >/dev/null
-ssh-keygen -q -t ed25519 -N '' -f id -C accept && cat id.pub >> srv/authorized_keys
+# KEY=FILE uses an existing ed25519 key (its .pub beside it) where ssh-keygen is missing.
+if [[ -n ${KEY:-} ]]; then cp "$KEY" id; cp "$KEY.pub" id.pub; chmod 600 id
+else ssh-keygen -q -t ed25519 -N '' -f id -C accept; fi
+cat id.pub >> srv/authorized_keys
 head -c $((SIZE_MIB * 1048576)) /dev/urandom > src.bin
 for lanes in 1 2 4 8; do
   (( 2 * lanes <= cores )) || break

@@ -18,7 +18,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -196,8 +196,8 @@ pub struct SessionInfo {
 #[derive(Clone, Debug)]
 pub struct DataPlane {
     lanes: Arc<Vec<Lane>>,
-    /// Which lane runs each live session.
-    placement: Arc<Mutex<HashMap<u32, usize>>>,
+    /// Which lane runs each session, and since when.
+    placement: Arc<Mutex<HashMap<u32, (usize, Instant)>>>,
 }
 
 /// One data thread: its socket's address, its command queue and its session snapshot.
@@ -207,6 +207,8 @@ struct Lane {
     commands: mpsc::Sender<Command>,
     wake: UdpSocket,
     snapshot: Arc<Mutex<Vec<SessionInfo>>>,
+    /// Sessions on this lane: counted up when placed, down by the lane when they end.
+    active: Arc<AtomicUsize>,
 }
 
 /// How often the data thread refreshes what [`DataPlane::sessions`] returns.
@@ -234,6 +236,8 @@ impl Lane {
         let (tx, rx) = mpsc::channel();
         let snapshot = Arc::new(Mutex::new(Vec::new()));
         let shared = snapshot.clone();
+        let active = Arc::new(AtomicUsize::new(0));
+        let lane_active = active.clone();
         std::thread::Builder::new()
             .name(format!("ferry-data-{}", local.port()))
             .spawn(move || {
@@ -248,13 +252,14 @@ impl Lane {
                 unsafe {
                     libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
                 }
-                DataThread::new(socket, rx, shared).run()
+                DataThread::new(socket, rx, shared, lane_active).run()
             })?;
         Ok(Lane {
             local,
             commands: tx,
             wake,
             snapshot,
+            active,
         })
     }
 
@@ -328,7 +333,7 @@ impl DataPlane {
             .placement
             .lock()
             .ok()
-            .and_then(|p| p.get(&id).copied())
+            .and_then(|p| p.get(&id).map(|&(lane, _)| lane))
             .ok_or_else(|| format!("no session {id}"))?;
         let (tx, rx) = mpsc::channel();
         self.lanes[lane]
@@ -345,24 +350,24 @@ impl DataPlane {
         let (ops_tx, ops_rx) = mpsc::channel();
         let progress = Arc::new(Progress::default());
         let id = spec.session;
-        let lane = {
-            let mut placement = self.placement.lock().expect("placement lock");
-            // Forget sessions that have ended (their lane no longer lists them).
+        let lane = (0..self.lanes.len())
+            .min_by_key(|&l| self.lanes[l].active.load(Ordering::Relaxed))
+            .unwrap_or(0);
+        self.lanes[lane].active.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut placement) = self.placement.lock() {
+            // Forget sessions no lane lists any more (placed a while ago: a new one shows
+            // in its lane's snapshot within 100 ms).
             let live: std::collections::HashSet<u32> =
                 self.sessions().iter().map(|s| s.id).collect();
-            placement.retain(|k, _| live.contains(k));
-            let mut load = vec![0usize; self.lanes.len()];
-            for &l in placement.values() {
-                load[l] += 1;
-            }
-            let lane = (0..self.lanes.len()).min_by_key(|&l| load[l]).unwrap_or(0);
-            placement.insert(id, lane);
-            lane
-        };
+            placement
+                .retain(|k, (_, at)| live.contains(k) || at.elapsed() < Duration::from_secs(5));
+            placement.insert(id, (lane, Instant::now()));
+        }
         if self.lanes[lane]
             .send(Command::Add(spec, tx.clone(), progress.clone(), ops_tx))
             .is_err()
         {
+            self.lanes[lane].active.fetch_sub(1, Ordering::Relaxed);
             let _ = tx.send(SessionReport::failed(
                 ErrorCode::Internal,
                 "the data plane has stopped".into(),
@@ -994,6 +999,8 @@ struct DataThread {
     next_snapshot: Timestamp,
     /// Bytes each session had delivered at the last snapshot.
     last_bytes: HashMap<u32, u64>,
+    /// The lane's count of sessions, decremented here as they end.
+    active: Arc<AtomicUsize>,
 }
 
 impl DataThread {
@@ -1001,8 +1008,10 @@ impl DataThread {
         socket: UdpSocket,
         commands: mpsc::Receiver<Command>,
         snapshot: Arc<Mutex<Vec<SessionInfo>>>,
+        active: Arc<AtomicUsize>,
     ) -> Self {
         DataThread {
+            active,
             socket,
             commands,
             sessions: HashMap::new(),
@@ -1053,6 +1062,7 @@ impl DataThread {
                                 self.sessions.insert(id, s);
                             }
                             Err((code, msg)) => {
+                                self.active.fetch_sub(1, Ordering::Relaxed);
                                 let _ = report.send(SessionReport::failed(code, msg));
                             }
                         }
@@ -1129,6 +1139,7 @@ impl DataThread {
             .collect();
         for id in ended {
             let s = self.sessions.remove(&id).expect("listed");
+            self.active.fetch_sub(1, Ordering::Relaxed);
             debug_assert_eq!(s.id, id);
             let (tx, report) = s.into_report();
             let _ = tx.send(report);
@@ -1161,4 +1172,48 @@ pub fn block_size_for(peer: &SocketAddr, cipher: Cipher) -> u32 {
     } else {
         block
     }) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(session: u32) -> SessionSpec {
+        SessionSpec {
+            role: Role::Sender,
+            session,
+            secret: [7; 32],
+            cipher: Cipher::Aes128Gcm,
+            direction: Direction::ServerToClient,
+            block_size: 8192,
+            policy: Policy::Fair,
+            limits: RateLimits::new(1_000_000_000, 0),
+            root: std::env::temp_dir(),
+            files: vec![FileEntry {
+                path: "none".into(),
+                size: 1,
+                mtime: (0, 0),
+                mode: 0o644,
+            }],
+            peer: None,
+            no_fsync: true,
+            initial_rtt: Duration::from_millis(10),
+        }
+    }
+
+    #[test]
+    fn sessions_started_together_land_on_different_lanes() {
+        let core = ferry_io::placement::available_cores()[0];
+        let plane = DataPlane::start_on("127.0.0.1:0".parse().unwrap(), &[core; 3]).unwrap();
+        let ports: std::collections::HashSet<u16> = (1..=3)
+            .map(|id| plane.start_session(spec(id)).udp_port)
+            .collect();
+        assert_eq!(ports.len(), 3, "three sessions, three lanes: {ports:?}");
+        assert_eq!(plane.lane_addrs().len(), 3);
+        // Each can be steered through the lane that runs it.
+        for id in 1..=3 {
+            plane.control(id, SessionOp::Pause).unwrap();
+        }
+        assert!(plane.control(99, SessionOp::Pause).is_err());
+    }
 }

@@ -7,8 +7,7 @@
 //! can hold up a datagram. Only root and the user running ferryd may use it
 //! (`SO_PEERCRED`); anyone else gets an error reply.
 //!
-//! Not here yet: the user name of each session (the data plane does not know it; the
-//! field stays empty), host-wide caps, `stats` and `top`.
+//! Not here yet: host-wide caps, `stats` and `top`.
 
 use std::fs;
 use std::io::{self, BufReader, Read, Write};
@@ -506,9 +505,7 @@ fn session_row(s: &SessionInfo) -> Session {
     Session {
         id: s.id,
         peer: s.peer.clone(),
-        // The data plane does not know who logged in; the control plane does not yet
-        // tell it.
-        user: None,
+        user: s.user.clone(),
         direction: s.direction.to_string(),
         files: s.files as u64,
         bytes: s.bytes,

@@ -82,6 +82,8 @@ pub struct SessionSpec {
     pub no_fsync: bool,
     /// Round-trip guess until the session measures its own (the control channel's).
     pub initial_rtt: Duration,
+    /// The ferry user the session belongs to (for `ferryctl sessions`).
+    pub user: String,
 }
 
 /// How a session ended.
@@ -167,6 +169,8 @@ pub struct SessionInfo {
     pub direction: &'static str,
     /// The peer's UDP address, once known.
     pub peer: Option<String>,
+    /// The ferry user.
+    pub user: Option<String>,
     /// Files in the session.
     pub files: usize,
     /// Payload bytes delivered.
@@ -581,6 +585,8 @@ struct Session {
     remote: Option<mpsc::Sender<SessionOp>>,
     /// Target and minimum rate last asked for a receiving session.
     requested: (Option<u64>, Option<u64>),
+    /// The ferry user.
+    user: String,
     wire_bytes: u64,
 }
 
@@ -658,6 +664,7 @@ impl Session {
             closed: false,
             remote: None,
             requested: (None, None),
+            user: spec.user.clone(),
             wire_bytes: 0,
         })
     }
@@ -735,6 +742,7 @@ impl Session {
             id: self.id,
             direction: "recv",
             peer: self.peer.map(|p| p.to_string()),
+            user: (!self.user.is_empty()).then(|| self.user.clone()),
             files: self.files.entries.len(),
             bytes,
             total,
@@ -1198,6 +1206,7 @@ mod tests {
             peer: None,
             no_fsync: true,
             initial_rtt: Duration::from_millis(10),
+            user: "test".into(),
         }
     }
 

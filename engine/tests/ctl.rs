@@ -207,6 +207,10 @@ fn a_download_is_listed_steered_paused_and_resumed() {
     );
     assert_eq!(u64_of(&first, "target_bps"), 200_000_000, "{first}");
     assert_eq!(first["policy"], "fixed", "{first}");
+    assert_eq!(
+        first["user"], "tester",
+        "the user the key logged in as: {first}"
+    );
     assert_eq!(u64_of(&first, "total"), size, "{first}");
     assert_eq!(u64_of(&first, "files"), 1, "{first}");
     for field in [

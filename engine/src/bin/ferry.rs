@@ -411,6 +411,7 @@ fn send(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
         peer: Some(peer),
         no_fsync: o.no_fsync,
         initial_rtt: rtt,
+        user: remote.user.clone(),
     };
     let report = run_session(&plane, &mut control, spec, o.json)?;
     // A failure seen here (a source that vanished) is more specific than the server's view
@@ -522,6 +523,7 @@ fn recv(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
         peer: Some(SocketAddr::new(server_tcp.ip(), s.udp_port)),
         no_fsync: o.no_fsync,
         initial_rtt: rtt,
+        user: remote.user.clone(),
     };
     let report = run_session(&plane, &mut control, spec, o.json)?;
     if let Some(err) = report.error {

@@ -624,6 +624,7 @@ fn start_session<S: SessionStarter>(
         Err(e) => return (ServerMsg::Error(e), None),
     };
     prepared.spec.session = session;
+    prepared.spec.user = ctx.user.clone();
     prepared.spec.secret = secret;
     // Start first: the lane the session lands on decides the UDP port the client uses.
     let handle = ctx.shared.starter.start(prepared.spec.clone());
@@ -811,6 +812,7 @@ fn prepare_upload(
             peer: None,
             no_fsync: false,
             initial_rtt: rtt_hint(&req.params),
+            user: String::new(),
         },
         dirs: req.dirs,
         skipped: Vec::new(),
@@ -895,6 +897,7 @@ fn prepare_download(
             peer: None,
             no_fsync: false,
             initial_rtt: rtt_hint(&req.params),
+            user: String::new(),
         },
         dirs: walk.dirs,
         skipped: walk.skipped,

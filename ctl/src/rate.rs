@@ -1,7 +1,7 @@
 //! Rates as people type and read them: bits per second with `k`, `m`, `g`, `t` suffixes.
 //!
-//! The same grammar as ferryd's config and `ferry -l` (`ferry_engine::config::parse_rate`);
-//! ferryctl cannot link the engine, so it lives here too.
+//! The one grammar for ferryd's config, `ferry -l` and `ferryctl set-rate`: it lives here
+//! because ferryctl cannot link the engine, and the engine re-exports it.
 
 /// Parses a rate in bits per second: a number with an optional `k`, `m`, `g` or `t` suffix
 /// (powers of 1000, any case, an optional `bps` after it): `800k`, `500m`, `10g`, `1.5g`,

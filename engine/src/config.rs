@@ -219,36 +219,10 @@ pub fn valid_user_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// Parses a rate in bits per second: a number with an optional `k`, `m`, `g` or `t` suffix
-/// (powers of 1000, any case, an optional `bps` after it): `800k`, `500m`, `10g`, `1.5g`,
-/// `250000`.
-pub fn parse_rate(s: &str) -> Result<u64, String> {
-    let t = s.trim().to_ascii_lowercase();
-    let t = t.strip_suffix("bps").unwrap_or(&t);
-    let t = t.strip_suffix("bit/s").unwrap_or(t);
-    let (num, mult) = match t.as_bytes().last() {
-        Some(b'k') => (&t[..t.len() - 1], 1e3),
-        Some(b'm') => (&t[..t.len() - 1], 1e6),
-        Some(b'g') => (&t[..t.len() - 1], 1e9),
-        Some(b't') => (&t[..t.len() - 1], 1e12),
-        _ => (t, 1.0),
-    };
-    let bad = || format!("{s:?} is not a rate (examples: 800k, 500m, 10g, in bits per second)");
-    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return Err(bad());
-    }
-    if let Ok(n) = num.parse::<u64>() {
-        return n
-            .checked_mul(mult as u64)
-            .ok_or_else(|| format!("{s:?} is too large a rate"));
-    }
-    let v: f64 = num.parse().map_err(|_| bad())?;
-    let bps = (v * mult).round();
-    if !bps.is_finite() || bps >= u64::MAX as f64 {
-        return Err(format!("{s:?} is too large a rate"));
-    }
-    Ok(bps as u64)
-}
+/// Parses a rate in bits per second (`800k`, `500m`, `10g`): one grammar for ferryd's
+/// config, `ferry -l` and `ferryctl set-rate`, kept in `ferry-ctl`, which ferryctl can link
+/// without the engine.
+pub use ferry_ctl::parse_rate;
 
 /// Writes a rate the way [`parse_rate`] reads it, with the largest exact suffix.
 pub fn format_rate(bps: u64) -> String {

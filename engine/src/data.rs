@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ferry_proto::crypto::{Cipher, Direction};
 use ferry_proto::{
     FailureCode, Manifest, Receiver, ReceiverConfig, ReceiverEvent, Sender, SenderConfig,
-    SenderEvent, TxBuffer, TxBuffers, wire,
+    SenderEvent, SlotBuffers, TxBuffer, wire,
 };
 use ferry_tuning::{Controller, Policy, RateLimits, Timestamp};
 
@@ -439,20 +439,6 @@ fn wait_readable(socket: &UdpSocket, timeout: Duration) {
     }
 }
 
-struct Buffers {
-    slots: Vec<Vec<u8>>,
-    control: Vec<u8>,
-}
-
-impl TxBuffers for Buffers {
-    fn slot(&mut self, slot: u32) -> &mut [u8] {
-        &mut self.slots[slot as usize]
-    }
-    fn control(&mut self) -> &mut [u8] {
-        &mut self.control
-    }
-}
-
 /// The files of a session on this side.
 struct Files {
     root: PathBuf,
@@ -562,7 +548,7 @@ impl Files {
 }
 
 enum Machine {
-    Send(Box<Sender>, Buffers),
+    Send(Box<Sender>, SlotBuffers),
     Recv(Box<Receiver>, Vec<u8>),
 }
 
@@ -623,7 +609,6 @@ impl Session {
             .total
             .store(manifest.total_bytes(), Ordering::Relaxed);
         let mut files = Files::new(&spec);
-        let slot_len = wire::DATA_HEADER_LEN + spec.block_size as usize + spec.cipher.trailer_len();
         let machine = match spec.role {
             Role::Sender => {
                 let mut cfg =
@@ -631,10 +616,8 @@ impl Session {
                 cfg.policy = spec.policy;
                 cfg.limits = spec.limits;
                 cfg.initial_rtt = spec.initial_rtt;
-                let buffers = Buffers {
-                    slots: vec![vec![0; slot_len]; cfg.read_ahead as usize],
-                    control: vec![0; 256],
-                };
+                let buffers =
+                    SlotBuffers::new(cfg.read_ahead, spec.block_size, spec.cipher.trailer_len());
                 Machine::Send(Box::new(Sender::new(cfg, manifest, now)), buffers)
             }
             Role::Receiver => {
@@ -854,10 +837,7 @@ impl Session {
                     let Some(tx) = s.poll_transmit(now, bufs) else {
                         break;
                     };
-                    let bytes = match tx.buffer {
-                        TxBuffer::Slot(i) => &bufs.slots[i as usize][..tx.len],
-                        TxBuffer::Control => &bufs.control[..tx.len],
-                    };
+                    let bytes = bufs.bytes(&tx);
                     if matches!(tx.buffer, TxBuffer::Slot(_)) {
                         self.first_data.get_or_insert(now);
                     }

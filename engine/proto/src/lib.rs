@@ -26,5 +26,5 @@ pub use error::Error;
 pub use ferry_tuning::Timestamp;
 pub use manifest::Manifest;
 pub use receiver::{Delivery, Receiver, ReceiverConfig, ReceiverEvent};
-pub use sender::{Sender, SenderConfig, SenderEvent, Transmit, TxBuffer, TxBuffers};
+pub use sender::{Sender, SenderConfig, SenderEvent, SlotBuffers, Transmit, TxBuffer, TxBuffers};
 pub use session::{Failure, FailureCode};

@@ -123,6 +123,44 @@ pub trait TxBuffers {
     fn control(&mut self) -> &mut [u8];
 }
 
+/// Plain owned packet buffers: one `Vec` per slot and one for control datagrams, sized
+/// for blocks of `block_size` bytes sealed with `trailer` bytes.
+#[derive(Clone, Debug)]
+pub struct SlotBuffers {
+    /// One buffer per read-ahead slot.
+    pub slots: Vec<Vec<u8>>,
+    /// The control buffer.
+    pub control: Vec<u8>,
+}
+
+impl SlotBuffers {
+    /// `slots` buffers large enough for a data datagram of `block_size` payload bytes.
+    pub fn new(slots: u32, block_size: u32, trailer: usize) -> Self {
+        let len = wire::DATA_HEADER_LEN + block_size as usize + trailer;
+        SlotBuffers {
+            slots: vec![vec![0; len]; slots as usize],
+            control: vec![0; 256],
+        }
+    }
+
+    /// The bytes of a transmit.
+    pub fn bytes(&self, tx: &Transmit) -> &[u8] {
+        match tx.buffer {
+            TxBuffer::Slot(i) => &self.slots[i as usize][..tx.len],
+            TxBuffer::Control => &self.control[..tx.len],
+        }
+    }
+}
+
+impl TxBuffers for SlotBuffers {
+    fn slot(&mut self, slot: u32) -> &mut [u8] {
+        &mut self.slots[slot as usize]
+    }
+    fn control(&mut self) -> &mut [u8] {
+        &mut self.control
+    }
+}
+
 /// Counters of a sender, for reports and the simulator's metrics.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SenderStats {

@@ -11,8 +11,8 @@ use core::time::Duration;
 
 use ferry_proto::crypto::{Cipher, Direction};
 use ferry_proto::{
-    Manifest, Receiver, ReceiverConfig, ReceiverEvent, Sender, SenderConfig, SenderEvent, TxBuffer,
-    TxBuffers, wire,
+    Manifest, Receiver, ReceiverConfig, ReceiverEvent, Sender, SenderConfig, SenderEvent,
+    SlotBuffers, wire,
 };
 use ferry_tuning::{Controller, Policy, RateLimits, Timestamp};
 use serde::Serialize;
@@ -259,24 +259,10 @@ fn check_pattern(flow: usize, file: u32, offset: u64, data: &[u8]) -> bool {
     })
 }
 
-struct Buffers {
-    slots: Vec<Vec<u8>>,
-    control: Vec<u8>,
-}
-
-impl TxBuffers for Buffers {
-    fn slot(&mut self, slot: u32) -> &mut [u8] {
-        &mut self.slots[slot as usize]
-    }
-    fn control(&mut self) -> &mut [u8] {
-        &mut self.control
-    }
-}
-
 struct FerryFlow {
     sender: Sender,
     receiver: Receiver,
-    buffers: Buffers,
+    buffers: SlotBuffers,
     feedback_buf: Vec<u8>,
     /// Which blocks were written, to catch a second delivery.
     written: Vec<u64>,
@@ -373,15 +359,11 @@ impl<'a> Sim<'a> {
                 rcfg.initial_rtt = scfg.initial_rtt;
                 rcfg.max_datagram = cfg.mtu - 28;
                 rcfg.window_blocks = scfg.window_blocks;
-                let slot_len = wire::DATA_HEADER_LEN + block as usize + cfg.cipher.trailer_len();
                 let blocks = manifest.total_blocks();
                 FerryFlow {
                     sender: Sender::new(scfg.clone(), manifest.clone(), start),
                     receiver: Receiver::new(rcfg, manifest, start),
-                    buffers: Buffers {
-                        slots: vec![vec![0; slot_len]; scfg.read_ahead as usize],
-                        control: vec![0; 256],
-                    },
+                    buffers: SlotBuffers::new(scfg.read_ahead, block, cfg.cipher.trailer_len()),
                     feedback_buf: vec![0; cfg.mtu],
                     written: vec![0; blocks.div_ceil(64) as usize],
                     complete_at: None,
@@ -508,10 +490,7 @@ impl<'a> Sim<'a> {
                 let Some(tx) = f.sender.poll_transmit(now, &mut f.buffers) else {
                     break;
                 };
-                let bytes = match tx.buffer {
-                    TxBuffer::Slot(s) => &f.buffers.slots[s as usize][..tx.len],
-                    TxBuffer::Control => &f.buffers.control[..tx.len],
-                };
+                let bytes = f.buffers.bytes(&tx);
                 let mut v = self.pool.pop().unwrap_or_default();
                 v.clear();
                 v.extend_from_slice(bytes);

@@ -101,11 +101,26 @@ pub enum Command {
         /// The session.
         id: u32,
     },
+    /// Shows the host-wide caps ([`Payload::Caps`]) after changing those given (0 lifts a
+    /// cap); sessions get their new shares within a second.
+    Caps {
+        /// New cap on all data this host receives, bits per second.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        inbound_bps: Option<u64>,
+        /// New cap on all data this host sends.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        outbound_bps: Option<u64>,
+        /// New cap on all `low`-policy sessions together.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        background_bps: Option<u64>,
+    },
 }
 
 /// The answer to one request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+// One response per request line: its size on the stack does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Response {
     /// It worked; here is what was asked for.
     Ok(Payload),
@@ -169,6 +184,26 @@ pub enum Payload {
     /// For the commands that change a session: done (effective on the wire within a
     /// second).
     Done,
+    /// For [`Command::Caps`].
+    Caps(Caps),
+}
+
+/// The host-wide caps and what flows under them. A cap of `None` is no cap.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Caps {
+    /// Cap on all data this host receives, bits per second.
+    pub inbound_bps: Option<u64>,
+    /// Cap on all data this host sends.
+    pub outbound_bps: Option<u64>,
+    /// Cap on all `low`-policy sessions together.
+    pub background_bps: Option<u64>,
+    /// What the receiving sessions deliver now, bits per second.
+    pub inbound_rate_bps: u64,
+    /// What the sending sessions deliver now.
+    pub outbound_rate_bps: u64,
+    /// What the `low`-policy sessions deliver now.
+    pub background_rate_bps: u64,
 }
 
 /// The server as a whole.
@@ -201,6 +236,8 @@ pub struct Status {
     pub send_rate_bps: u64,
     /// Of it, by the sessions this host receives.
     pub recv_rate_bps: u64,
+    /// The host-wide caps.
+    pub caps: Caps,
 }
 
 /// One running session, as `ferryctl sessions` shows it.
@@ -227,8 +264,10 @@ pub struct Session {
     pub target_bps: u64,
     /// Minimum rate, bits per second.
     pub min_bps: u64,
-    /// Rate policy (empty where the peer sends).
+    /// Rate policy (where the peer sends: the one agreed at the start).
     pub policy: String,
+    /// The session's share of a host-wide cap, bits per second, when one applies.
+    pub ceiling_bps: Option<u64>,
     /// Share of sent blocks reported lost.
     pub loss: f64,
     /// Smoothed round-trip time, milliseconds.
@@ -237,6 +276,10 @@ pub struct Session {
     pub queue_ms: f64,
     /// `starting`, `running`, `paused` or `finishing`.
     pub state: String,
+    /// The CPU core whose data thread runs the session (absent: an unpinned thread).
+    pub core: Option<u64>,
+    /// The UDP port of that thread's socket.
+    pub port: u16,
 }
 
 /// One message as a line: JSON and a newline.
@@ -339,6 +382,16 @@ mod tests {
             Command::Pause { id: 1 },
             Command::Resume { id: 2 },
             Command::Cancel { id: 3 },
+            Command::Caps {
+                inbound_bps: Some(300_000_000),
+                outbound_bps: None,
+                background_bps: Some(0),
+            },
+            Command::Caps {
+                inbound_bps: None,
+                outbound_bps: None,
+                background_bps: None,
+            },
         ]
     }
 
@@ -389,10 +442,13 @@ mod tests {
             target_bps: 200_000_000,
             min_bps: 0,
             policy: "fixed".into(),
+            ceiling_bps: Some(150_000_000),
             loss: 0.25,
             rtt_ms: 0.5,
             queue_ms: 0.0,
             state: "running".into(),
+            core: Some(1),
+            port: 33001,
         };
         let status = Status {
             version: "0.1.0".into(),
@@ -408,10 +464,15 @@ mod tests {
             rate_bps: 5,
             send_rate_bps: 5,
             recv_rate_bps: 0,
+            caps: Caps {
+                inbound_bps: Some(300_000_000),
+                ..Caps::default()
+            },
         };
         for r in [
             Response::Ok(Payload::Done),
-            Response::Ok(Payload::Status(status)),
+            Response::Ok(Payload::Status(status.clone())),
+            Response::Ok(Payload::Caps(status.caps)),
             Response::Ok(Payload::Sessions {
                 sessions: vec![session.clone(), Session::default()],
             }),

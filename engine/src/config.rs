@@ -108,6 +108,38 @@ pub struct FerrydConfig {
     pub cores: Vec<usize>,
     /// The control socket that ferryctl talks to.
     pub ctl_socket: PathBuf,
+    /// Host-wide caps (`[caps]`), shared by all sessions; `ferryctl caps` changes them live.
+    pub caps: CapsConfig,
+    /// The transfer log: one line per session start and end (empty: none).
+    pub transfer_log: PathBuf,
+    /// Where to serve Prometheus metrics (`"127.0.0.1:9464"`); off when absent.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// Host-wide caps in bits per second (`"300m"` in the file); absent or `"none"`: uncapped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CapsConfig {
+    /// All data this host receives.
+    #[serde(with = "opt_rate_serde", skip_serializing_if = "Option::is_none")]
+    pub inbound: Option<u64>,
+    /// All data this host sends.
+    #[serde(with = "opt_rate_serde", skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<u64>,
+    /// All `low`-policy sessions together.
+    #[serde(with = "opt_rate_serde", skip_serializing_if = "Option::is_none")]
+    pub background: Option<u64>,
+}
+
+impl CapsConfig {
+    /// As the data plane takes them.
+    pub fn settings(&self) -> crate::caps::CapSettings {
+        crate::caps::CapSettings {
+            inbound_bps: self.inbound,
+            outbound_bps: self.outbound,
+            background_bps: self.background,
+        }
+    }
 }
 
 impl Default for FerrydConfig {
@@ -127,6 +159,9 @@ impl Default for FerrydConfig {
             block_size: 8192,
             cores: Vec::new(),
             ctl_socket: PathBuf::from(DEFAULT_CTL_SOCKET),
+            caps: CapsConfig::default(),
+            transfer_log: PathBuf::from("transfers.log"),
+            metrics_listen: None,
         }
     }
 }
@@ -154,6 +189,9 @@ impl FerrydConfig {
         c.authorized_keys = base.join(&c.authorized_keys);
         c.docroot = base.join(&c.docroot);
         c.ctl_socket = base.join(&c.ctl_socket);
+        if !c.transfer_log.as_os_str().is_empty() {
+            c.transfer_log = base.join(&c.transfer_log);
+        }
         for (name, user) in c.users.iter_mut() {
             if !valid_user_name(name) {
                 return Err(format!(
@@ -263,6 +301,33 @@ mod rate_serde {
     }
 }
 
+/// An optional rate: absent, `"none"` or 0 is `None`.
+mod opt_rate_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(r) => s.serialize_str(&super::format_rate(*r)),
+            None => s.serialize_str("none"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        let rate = match Raw::deserialize(d)? {
+            Raw::Int(n) => n,
+            Raw::Str(s) if s.trim() == "none" => 0,
+            Raw::Str(s) => super::parse_rate(&s).map_err(serde::de::Error::custom)?,
+        };
+        Ok((rate > 0).then_some(rate))
+    }
+}
+
 const TEMPLATE: &str = r#"# ferryd configuration, written by `ferryd init`.
 # Relative paths are relative to this file's directory.
 
@@ -285,6 +350,15 @@ block_size = 8192         # payload bytes per datagram when the client names non
 
 cores = []                # one pinned data thread per core; empty: every available core
 ctl_socket = "/run/ferry/ctl.sock"
+transfer_log = "transfers.log"  # one line per session start and end; "" for none
+# metrics_listen = "127.0.0.1:9464"  # Prometheus text metrics at /metrics (off by default)
+
+# Host-wide caps, shared by every session on every core ("none": uncapped);
+# `ferryctl caps` changes them while ferryd runs.
+[caps]
+inbound = "none"          # all uploads to this host together
+outbound = "none"         # all downloads from it together
+background = "none"       # all low-policy sessions together
 
 # Per-user settings: a docroot of their own, and keys that log in as them besides
 # authorized_keys lines whose comment names them (fingerprints or public key lines).

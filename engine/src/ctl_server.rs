@@ -7,7 +7,8 @@
 //! can hold up a datagram. Only root and the user running ferryd may use it
 //! (`SO_PEERCRED`); anyone else gets an error reply.
 //!
-//! Not here yet: host-wide caps, `stats` and `top`.
+//! `caps` reads and changes the data plane's [`crate::caps::HostCaps`]; the sharer thread
+//! hands the sessions their new shares.
 
 use std::fs;
 use std::io::{self, BufReader, Read, Write};
@@ -22,7 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ferry_ctl::{
-    Command, Error as CtlError, ErrorCode, MAX_REQUEST, PROTOCOL_VERSION, Payload, Request,
+    Caps, Command, Error as CtlError, ErrorCode, MAX_REQUEST, PROTOCOL_VERSION, Payload, Request,
     Response, Session, Status, decode_request, encode_line, read_line,
 };
 use ferry_tuning::Policy;
@@ -444,6 +445,27 @@ fn handle(shared: &Shared, uid: u32, req: Request) -> Response {
         Command::Pause { id } => (id, SessionOp::Pause, "pause".into()),
         Command::Resume { id } => (id, SessionOp::Resume, "resume".into()),
         Command::Cancel { id } => (id, SessionOp::Cancel, "cancel".into()),
+        Command::Caps {
+            inbound_bps,
+            outbound_bps,
+            background_bps,
+        } => {
+            let caps = data.caps();
+            let mut settings = caps.settings();
+            let set = |slot: &mut Option<u64>, v: Option<u64>| {
+                if let Some(v) = v {
+                    *slot = (v > 0).then_some(v);
+                }
+            };
+            set(&mut settings.inbound_bps, inbound_bps);
+            set(&mut settings.outbound_bps, outbound_bps);
+            set(&mut settings.background_bps, background_bps);
+            if settings != caps.settings() {
+                caps.set(settings);
+                eprintln!("ferryd: ctl (uid {uid}): caps {settings:?}");
+            }
+            return Response::Ok(Payload::Caps(caps_row(shared, &data.sessions())));
+        }
     };
     match data.control(id, op) {
         Ok(()) => {
@@ -484,6 +506,7 @@ fn status(shared: &Shared) -> Status {
             .sum()
     };
     let count = |dir: &str| sessions.iter().filter(|s| s.direction == dir).count() as u64;
+    let caps = caps_row(shared, &sessions);
     Status {
         version: env!("CARGO_PKG_VERSION").to_string(),
         protocol: PROTOCOL_VERSION,
@@ -498,6 +521,26 @@ fn status(shared: &Shared) -> Status {
         rate_bps: sessions.iter().map(|s| s.rate_bps).sum(),
         send_rate_bps: rate("send"),
         recv_rate_bps: rate("recv"),
+        caps,
+    }
+}
+
+fn caps_row(shared: &Shared, sessions: &[SessionInfo]) -> Caps {
+    let settings = shared.data.caps().settings();
+    let sum = |keep: &dyn Fn(&SessionInfo) -> bool| -> u64 {
+        sessions
+            .iter()
+            .filter(|s| keep(s))
+            .map(|s| s.rate_bps)
+            .sum()
+    };
+    Caps {
+        inbound_bps: settings.inbound_bps,
+        outbound_bps: settings.outbound_bps,
+        background_bps: settings.background_bps,
+        inbound_rate_bps: sum(&|s| s.direction == "recv"),
+        outbound_rate_bps: sum(&|s| s.direction == "send"),
+        background_rate_bps: sum(&|s| s.policy == "low"),
     }
 }
 
@@ -514,6 +557,9 @@ fn session_row(s: &SessionInfo) -> Session {
         target_bps: s.target_bps,
         min_bps: s.min_bps,
         policy: s.policy.clone(),
+        ceiling_bps: s.ceiling_bps,
+        core: s.core.map(|c| c as u64),
+        port: s.port,
         loss: s.loss,
         rtt_ms: s.rtt_ms,
         queue_ms: s.queue_ms,

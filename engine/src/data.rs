@@ -29,6 +29,7 @@ use ferry_proto::{
 };
 use ferry_tuning::{Controller, Policy, RateLimits, Timestamp};
 
+use crate::caps::HostCaps;
 use crate::control::ErrorCode;
 
 /// One file of a session, as both sides agree on it over the control channel.
@@ -84,6 +85,8 @@ pub struct SessionSpec {
     pub initial_rtt: Duration,
     /// The ferry user the session belongs to (for `ferryctl sessions`).
     pub user: String,
+    /// A host cap's share for this session, bits per second (see [`SessionOp::Ceiling`]).
+    pub ceiling_bps: Option<u64>,
 }
 
 /// How a session ended.
@@ -128,6 +131,8 @@ pub struct SessionHandle {
     pub remote_ops: mpsc::Receiver<SessionOp>,
     /// The UDP port of the lane running the session: where the peer sends.
     pub udp_port: u16,
+    /// The host cap's share the session starts with, if a cap applies.
+    pub ceiling_bps: Option<u64>,
 }
 
 enum Command {
@@ -158,6 +163,10 @@ pub enum SessionOp {
     Resume,
     /// End the session; the receiver keeps what it has as `.partial`.
     Cancel,
+    /// The session's share of a host-wide cap (bits per second; `None`: uncapped). It
+    /// bounds the target and minimum rate without replacing them, so lifting it restores
+    /// what the user asked for. A receiving session relays it to its sender.
+    Ceiling(Option<u64>),
 }
 
 /// What `ferryctl sessions` shows of one session.
@@ -183,8 +192,10 @@ pub struct SessionInfo {
     pub target_bps: u64,
     /// Minimum rate (sending side).
     pub min_bps: u64,
-    /// Policy (sending side).
+    /// Policy (the sender's; on the receiving side the one agreed at the start).
     pub policy: String,
+    /// The session's share of a host cap, bits per second, if one applies.
+    pub ceiling_bps: Option<u64>,
     /// Share of sent blocks reported lost (sending side).
     pub loss: f64,
     /// Smoothed round-trip time, ms (sending side).
@@ -193,6 +204,10 @@ pub struct SessionInfo {
     pub queue_ms: f64,
     /// `starting`, `running`, `paused` or `finishing`.
     pub state: &'static str,
+    /// The core whose data thread runs the session (`None`: an unpinned thread).
+    pub core: Option<usize>,
+    /// The UDP port of that thread's socket.
+    pub port: u16,
 }
 
 /// A handle on a running data plane (cheap to clone): one or more lanes, each a data thread
@@ -202,6 +217,8 @@ pub struct DataPlane {
     lanes: Arc<Vec<Lane>>,
     /// Which lane runs each session, and since when.
     placement: Arc<Mutex<HashMap<u32, (usize, Instant)>>>,
+    /// Host-wide caps and their sharing among sessions.
+    caps: HostCaps,
 }
 
 /// One data thread: its socket's address, its command queue and its session snapshot.
@@ -256,7 +273,7 @@ impl Lane {
                 unsafe {
                     libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
                 }
-                DataThread::new(socket, rx, shared, lane_active).run()
+                DataThread::new(socket, rx, shared, lane_active, core).run()
             })?;
         Ok(Lane {
             local,
@@ -301,7 +318,14 @@ impl DataPlane {
         Ok(DataPlane {
             lanes: Arc::new(lanes),
             placement: Default::default(),
+            caps: HostCaps::default(),
         })
+    }
+
+    /// The host-wide caps its sessions share (uncapped until set; ferryd runs
+    /// [`crate::caps::spawn_sharer`] to divide them).
+    pub fn caps(&self) -> &HostCaps {
+        &self.caps
     }
 
     /// The first lane's UDP address (the one `ferryd` announces).
@@ -349,7 +373,13 @@ impl DataPlane {
 
     /// Starts a session on the least busy lane and returns its report channel, live
     /// progress and the UDP port the peer must use.
-    pub fn start_session(&self, spec: SessionSpec) -> SessionHandle {
+    pub fn start_session(&self, mut spec: SessionSpec) -> SessionHandle {
+        if spec.ceiling_bps.is_none() {
+            spec.ceiling_bps = self
+                .caps
+                .initial_ceiling(spec.role, spec.policy, spec.limits);
+        }
+        let ceiling_bps = spec.ceiling_bps;
         let (tx, rx) = mpsc::channel();
         let (ops_tx, ops_rx) = mpsc::channel();
         let progress = Arc::new(Progress::default());
@@ -382,6 +412,7 @@ impl DataPlane {
             progress,
             remote_ops: ops_rx,
             udp_port: self.lanes[lane].local.port(),
+            ceiling_bps,
         }
     }
 }
@@ -569,11 +600,24 @@ struct Session {
     closed: bool,
     /// Where live changes for the peer's sender go (receiving sessions).
     remote: Option<mpsc::Sender<SessionOp>>,
-    /// Target and minimum rate last asked for a receiving session.
-    requested: (Option<u64>, Option<u64>),
+    /// Target and minimum rate the user asked for (on the receiving side: agreed at the
+    /// start, then as relayed), before any host cap's ceiling.
+    limits: RateLimits,
+    /// The policy (the sender's; agreed at the start on the receiving side).
+    policy: Policy,
+    /// This session's share of a host cap, bits per second.
+    ceiling: Option<u64>,
     /// The ferry user.
     user: String,
     wire_bytes: u64,
+}
+
+/// `limits` bounded by a host cap's `ceiling`.
+fn capped(limits: RateLimits, ceiling: Option<u64>) -> RateLimits {
+    match ceiling {
+        Some(c) => RateLimits::new(limits.target_bps.min(c), limits.min_bps.min(c)),
+        None => limits,
+    }
 }
 
 fn failure_code(code: FailureCode, role: Role) -> ErrorCode {
@@ -614,7 +658,7 @@ impl Session {
                 let mut cfg =
                     SenderConfig::new(spec.session, spec.cipher, spec.secret, spec.direction);
                 cfg.policy = spec.policy;
-                cfg.limits = spec.limits;
+                cfg.limits = capped(spec.limits, spec.ceiling_bps);
                 cfg.initial_rtt = spec.initial_rtt;
                 let buffers =
                     SlotBuffers::new(cfg.read_ahead, spec.block_size, spec.cipher.trailer_len());
@@ -646,7 +690,9 @@ impl Session {
             finished: false,
             closed: false,
             remote: None,
-            requested: (None, None),
+            limits: spec.limits,
+            policy: spec.policy,
+            ceiling: spec.ceiling_bps,
             user: spec.user.clone(),
             wire_bytes: 0,
         })
@@ -661,16 +707,20 @@ impl Session {
     fn apply(&mut self, now: Timestamp, op: SessionOp) -> Result<(), String> {
         let Machine::Send(s, _) = &mut self.machine else {
             // The peer sends: relay the change to it over the control channel.
-            if let SessionOp::SetRate {
-                target_bps,
-                min_bps,
-                ..
-            } = op
-            {
-                self.requested = (
-                    target_bps.or(self.requested.0),
-                    min_bps.or(self.requested.1),
-                );
+            match op {
+                SessionOp::SetRate {
+                    target_bps,
+                    min_bps,
+                    policy,
+                } => {
+                    self.limits = RateLimits::new(
+                        target_bps.unwrap_or(self.limits.target_bps),
+                        min_bps.unwrap_or(self.limits.min_bps),
+                    );
+                    self.policy = policy.unwrap_or(self.policy);
+                }
+                SessionOp::Ceiling(c) => self.ceiling = c,
+                _ => {}
             }
             return match &self.remote {
                 Some(r) if r.send(op).is_ok() => Ok(()),
@@ -686,16 +736,21 @@ impl Session {
                 min_bps,
                 policy,
             } => {
-                let old = s.controller().limits();
-                let target = target_bps.unwrap_or(old.target_bps);
-                let min = min_bps.unwrap_or(old.min_bps);
+                let target = target_bps.unwrap_or(self.limits.target_bps);
+                let min = min_bps.unwrap_or(self.limits.min_bps);
                 if min > target {
                     return Err("the minimum rate is above the target".into());
                 }
-                s.set_limits(RateLimits::new(target, min));
+                self.limits = RateLimits::new(target, min);
+                s.set_limits(capped(self.limits, self.ceiling));
                 if let Some(p) = policy {
+                    self.policy = p;
                     s.set_policy(p);
                 }
+            }
+            SessionOp::Ceiling(c) => {
+                self.ceiling = c;
+                s.set_limits(capped(self.limits, c));
             }
             SessionOp::Pause => s.set_paused(true),
             SessionOp::Resume => s.set_paused(false),
@@ -730,21 +785,21 @@ impl Session {
             bytes,
             total,
             rate_bps,
-            target_bps: self.requested.0.unwrap_or(0),
-            min_bps: self.requested.1.unwrap_or(0),
-            policy: String::new(),
+            target_bps: self.limits.target_bps,
+            min_bps: self.limits.min_bps,
+            policy: self.policy.to_string(),
+            ceiling_bps: self.ceiling,
             loss: 0.0,
             rtt_ms: 0.0,
             queue_ms: 0.0,
             state: state(false),
+            core: None,
+            port: 0,
         };
         if let Machine::Send(s, _) = &self.machine {
             let c = s.controller();
             let st = s.stats();
             info.direction = "send";
-            info.target_bps = c.limits().target_bps;
-            info.min_bps = c.limits().min_bps;
-            info.policy = c.policy().to_string();
             info.loss = st.nacked_blocks as f64 / (st.datagrams.max(1)) as f64;
             info.rtt_ms = s.rtt().srtt().as_secs_f64() * 1e3;
             info.queue_ms = c.queue_delay().map_or(0.0, |q| q.as_secs_f64() * 1e3);
@@ -989,6 +1044,8 @@ struct DataThread {
     last_bytes: HashMap<u32, u64>,
     /// The lane's count of sessions, decremented here as they end.
     active: Arc<AtomicUsize>,
+    /// The core this thread is pinned to, if any.
+    core: Option<usize>,
 }
 
 impl DataThread {
@@ -997,9 +1054,11 @@ impl DataThread {
         commands: mpsc::Receiver<Command>,
         snapshot: Arc<Mutex<Vec<SessionInfo>>>,
         active: Arc<AtomicUsize>,
+        core: Option<usize>,
     ) -> Self {
         DataThread {
             active,
+            core,
             socket,
             commands,
             sessions: HashMap::new(),
@@ -1022,7 +1081,10 @@ impl DataThread {
             let bytes = s.progress.bytes.load(Ordering::Relaxed);
             let before = self.last_bytes.get(id).copied().unwrap_or(bytes);
             seen.insert(*id, bytes);
-            infos.push(s.info((bytes.saturating_sub(before) as f64 * 8.0 / secs) as u64));
+            let mut info = s.info((bytes.saturating_sub(before) as f64 * 8.0 / secs) as u64);
+            info.core = self.core;
+            info.port = self.socket.local_addr().map_or(0, |a| a.port());
+            infos.push(info);
         }
         infos.sort_by_key(|i| i.id);
         self.last_bytes = seen;
@@ -1187,6 +1249,7 @@ mod tests {
             no_fsync: true,
             initial_rtt: Duration::from_millis(10),
             user: "test".into(),
+            ceiling_bps: None,
         }
     }
 

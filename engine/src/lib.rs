@@ -7,6 +7,7 @@
 //! - [`config`], [`paths`]: ferryd's configuration, and confinement of users to their docroot.
 #![warn(missing_docs)]
 
+pub mod caps;
 pub mod config;
 pub mod control;
 pub mod ctl_server;

@@ -41,6 +41,7 @@ impl SessionStarter for Fake {
             progress: Default::default(),
             remote_ops: mpsc::channel().1,
             udp_port: self.udp_port(),
+            ceiling_bps: None,
         }
     }
 

@@ -559,3 +559,206 @@ fn only_root_and_ferryds_user_may_connect() {
     // Root still may.
     ctl_json(&s, &["status"]);
 }
+
+/// Rewrites `s`'s ferryd.toml, replacing each `(from, to)`; before `run`.
+fn edit_config(s: &Server, edits: &[(&str, &str)]) {
+    let path = s.srv.join("ferryd.toml");
+    let mut text = fs::read_to_string(&path).unwrap();
+    for (from, to) in edits {
+        assert!(text.contains(from), "no {from:?} in ferryd.toml:\n{text}");
+        text = text.replace(from, to);
+    }
+    fs::write(&path, text).unwrap();
+}
+
+/// Waits until ferryd lists `n` sessions that are moving data; returns them by id.
+fn wait_for_running_sessions(s: &Server, n: usize, clients: &mut [&mut Running]) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = ctl_json(s, &["sessions"]);
+        let running: Vec<Value> = v["sessions"]
+            .as_array()
+            .expect("a sessions array")
+            .iter()
+            .filter(|x| x["state"] == "running" && x["bytes"].as_u64() > Some(0))
+            .cloned()
+            .collect();
+        if running.len() == n {
+            return running;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not {n} running sessions within 60 s: {v}\nferryd stderr:\n{}",
+            s.stderr()
+        );
+        for c in clients.iter_mut() {
+            let _ = c.wait_line(Duration::from_millis(50), |_| false);
+        }
+    }
+}
+
+/// Bits per second each of `ids` delivered over about `window`, from two readings.
+fn measured_rates(s: &Server, ids: &[u64], window: Duration) -> Vec<f64> {
+    let read = || -> Vec<u64> {
+        let v = ctl_json(s, &["sessions"]);
+        let list = v["sessions"].as_array().expect("a sessions array");
+        ids.iter()
+            .map(|id| {
+                let x = list
+                    .iter()
+                    .find(|x| x["id"].as_u64() == Some(*id))
+                    .unwrap_or_else(|| panic!("session {id} ended too soon: {v}"));
+                u64_of(x, "bytes")
+            })
+            .collect()
+    };
+    let t0 = Instant::now();
+    let b0 = read();
+    thread::sleep(window);
+    let b1 = read();
+    let secs = t0.elapsed().as_secs_f64();
+    b0.iter()
+        .zip(&b1)
+        .map(|(a, b)| b.saturating_sub(*a) as f64 * 8.0 / secs)
+        .collect()
+}
+
+#[test]
+fn an_inbound_cap_holds_across_two_uploads_on_two_cores() {
+    let _ = ferryctl();
+    let cores = ferry_io::placement::available_cores();
+    let mut s = Server::init();
+    let pinned = format!("cores = [{}, {}]", cores[0], cores[cores.len() - 1]);
+    edit_config(
+        &s,
+        &[
+            ("cores = []", &pinned),
+            ("inbound = \"none\"", "inbound = \"300m\""),
+        ],
+    );
+    s.run();
+    let caps = ctl_json(&s, &["caps"]);
+    assert_eq!(caps["inbound_bps"], 300_000_000u64, "{caps}");
+    // About 4 s each at 150 Mbit/s: time to settle and measure while both run.
+    let size = 80 * MIB;
+    let up = s.dir("up");
+    let mut clients = Vec::new();
+    for name in ["a.bin", "b.bin"] {
+        let src = up.join(name);
+        write_random_file(&src, size, name.len() as u64 + 0xCA9);
+        let cmd = s.ferry_cmd("send", &[src.as_os_str(), OsStr::new(&s.remote("/"))]);
+        clients.push(s.spawn_ferry(&cmd));
+    }
+    let (a, b) = clients.split_at_mut(1);
+    let running = wait_for_running_sessions(&s, 2, &mut [&mut a[0], &mut b[0]]);
+    let ids: Vec<u64> = running.iter().map(|x| u64_of(x, "id")).collect();
+    let lanes: Vec<&Value> = running.iter().map(|x| &x["core"]).collect();
+    if cores.len() > 1 {
+        assert_ne!(lanes[0], lanes[1], "two sessions, two cores: {running:?}");
+    }
+    // The second session's share reaches the first's sender within a round or two.
+    thread::sleep(Duration::from_millis(700));
+    let rates = measured_rates(&s, &ids, Duration::from_millis(1500));
+    let sum: f64 = rates.iter().sum();
+    eprintln!(
+        "inbound cap 300 Mbit/s: sessions {:.0} + {:.0} = {:.0} Mbit/s",
+        rates[0] / 1e6,
+        rates[1] / 1e6,
+        sum / 1e6
+    );
+    assert!(
+        (270e6..=330e6).contains(&sum),
+        "two uploads under a 300 Mbit/s cap moved {:.0} Mbit/s together ({rates:?})",
+        sum / 1e6
+    );
+    for (r, x) in rates.iter().zip(&running) {
+        assert!(*r > 100e6, "a fair session got {:.0} Mbit/s: {x}", r / 1e6);
+    }
+    let listed = ctl_json(&s, &["sessions"]);
+    for x in listed["sessions"].as_array().unwrap() {
+        let c = x["ceiling_bps"].as_u64().unwrap_or(0);
+        assert!((135_000_000..=165_000_000).contains(&c), "{x}");
+    }
+    for c in clients {
+        let run = c.wait(FERRY_TIMEOUT);
+        s.assert_ok(&run, "an upload under the cap");
+    }
+    for name in ["a.bin", "b.bin"] {
+        if let Some(d) = first_difference(&up.join(name), &s.docroot.join(name)) {
+            panic!("{name}: {d}");
+        }
+    }
+}
+
+#[test]
+fn a_fair_and_a_low_download_split_a_cap_set_live() {
+    let _ = ferryctl();
+    let mut s = Server::start();
+    let out = ctl_ok(&s, &["caps", "--outbound", "200m"]);
+    assert!(out.contains("200 Mbit/s"), "{out}");
+    let size = 64 * MIB;
+    let back = s.dir("back");
+    let mut clients = Vec::new();
+    for (name, policy) in [("fair.bin", "fair"), ("low.bin", "low")] {
+        write_random_file(&s.docroot.join(name), size, policy.len() as u64);
+        let dest = back.join(policy);
+        fs::create_dir_all(&dest).unwrap();
+        let cmd = s.ferry_cmd(
+            "recv",
+            &[
+                OsStr::new("--policy"),
+                OsStr::new(policy),
+                OsStr::new(&s.remote(&format!("/{name}"))),
+                dest.as_os_str(),
+            ],
+        );
+        clients.push(s.spawn_ferry(&cmd));
+        // The fair one first, so the low one is the one that joins.
+        if policy == "fair" {
+            let c = clients.last_mut().unwrap();
+            wait_for_running_session(&s, c);
+        }
+    }
+    thread::sleep(Duration::from_millis(500));
+    let listed = ctl_json(&s, &["sessions"]);
+    let list = listed["sessions"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{listed}");
+    let id_of = |policy: &str| {
+        list.iter()
+            .find(|x| x["policy"] == policy)
+            .map(|x| u64_of(x, "id"))
+            .unwrap_or_else(|| panic!("no {policy} session: {listed}"))
+    };
+    let ids = [id_of("fair"), id_of("low")];
+    let rates = measured_rates(&s, &ids, Duration::from_millis(1200));
+    let sum: f64 = rates.iter().sum();
+    eprintln!(
+        "outbound cap 200 Mbit/s: fair {:.0}, low {:.0} Mbit/s",
+        rates[0] / 1e6,
+        rates[1] / 1e6
+    );
+    assert!(
+        (180e6..=220e6).contains(&sum),
+        "under a 200 Mbit/s cap the two moved {:.0} Mbit/s ({rates:?})",
+        sum / 1e6
+    );
+    assert!(
+        rates[0] > 0.8 * sum && rates[1] < 0.15 * 200e6,
+        "fair should take the cap and low only what is left: {rates:?}"
+    );
+    let caps = ctl_json(&s, &["caps"]);
+    assert_eq!(caps["outbound_bps"], 200_000_000u64, "{caps}");
+    // Both finish exact: the scavenger gets the whole cap once the fair one is done.
+    for c in clients {
+        let run = c.wait(FERRY_TIMEOUT);
+        s.assert_ok(&run, "a download under the cap");
+    }
+    for (name, policy) in [("fair.bin", "fair"), ("low.bin", "low")] {
+        if let Some(d) = first_difference(&s.docroot.join(name), &back.join(policy).join(name)) {
+            panic!("{name}: {d}");
+        }
+    }
+    let out = ctl_json(&s, &["caps", "--outbound", "none"]);
+    assert!(out["outbound_bps"].is_null(), "{out}");
+    s.assert_alive("after the capped downloads");
+}

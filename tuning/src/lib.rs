@@ -4,7 +4,8 @@
 //!   and a window out); [`PolicyController`] picks one of the four policies at run time.
 //! - Policies side by side: [`fixed`], [`fair`], [`high`], [`low`]; the last three share
 //!   the delay-based engine in [`delay`].
-//! - [`Pacer`] turns a rate into departure times; [`HostCap`] caps a whole host.
+//! - [`Pacer`] turns a rate into departure times; [`HostCap`] caps a whole host, and
+//!   [`share::allocate`] divides such a cap among sessions by policy.
 //!
 //! Nothing here reads a clock: `now` is always an argument.
 #![warn(missing_docs)]
@@ -19,6 +20,7 @@ pub mod high;
 pub mod low;
 pub mod pacer;
 pub mod policy;
+pub mod share;
 pub mod time;
 
 pub use cap::{CapLease, HostCap};

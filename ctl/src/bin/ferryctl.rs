@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use clap::{ArgGroup, Parser, Subcommand};
 use ferry_ctl::{
-    Command, DEFAULT_SOCKET, MAX_RESPONSE, POLICIES, Payload, Request, Response, Session, Status,
-    encode_line, human_bytes, human_rate, parse_rate,
+    Caps, Command, DEFAULT_SOCKET, MAX_RESPONSE, POLICIES, Payload, Request, Response, Session,
+    Status, encode_line, human_bytes, human_rate, parse_rate,
 };
 
 /// How long ferryd gets to answer one request.
@@ -75,6 +75,28 @@ enum Cmd {
         /// Session id.
         id: u32,
     },
+    /// Show the host-wide caps, or set them ("none" lifts one); every session on every
+    /// core gets its new share within a second.
+    Caps {
+        /// Cap on all data this host receives (e.g. 300m, or none).
+        #[arg(long, value_name = "R", value_parser = parse_cap)]
+        inbound: Option<u64>,
+        /// Cap on all data this host sends.
+        #[arg(long, value_name = "R", value_parser = parse_cap)]
+        outbound: Option<u64>,
+        /// Cap on all low-policy sessions together.
+        #[arg(long, value_name = "R", value_parser = parse_cap)]
+        background: Option<u64>,
+    },
+}
+
+/// A cap as typed: a rate, or `none` (sent as 0, which lifts it).
+fn parse_cap(s: &str) -> Result<u64, String> {
+    if s.trim().eq_ignore_ascii_case("none") {
+        Ok(0)
+    } else {
+        parse_rate(s)
+    }
 }
 
 fn main() -> ExitCode {
@@ -156,6 +178,25 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Cmd::Cancel { id } => {
             conn.call(Command::Cancel { id: *id })?;
             done(&mut out, cli.json, *id, "cancel", "cancelled")?;
+        }
+        Cmd::Caps {
+            inbound,
+            outbound,
+            background,
+        } => {
+            let Payload::Caps(c) = conn.call(Command::Caps {
+                inbound_bps: *inbound,
+                outbound_bps: *outbound,
+                background_bps: *background,
+            })?
+            else {
+                bail!("ferryd answered caps with something else");
+            };
+            if cli.json {
+                print_json(&mut out, &c)?;
+            } else {
+                write!(out, "{}", caps_text(&c))?;
+            }
         }
     }
     out.flush()?;
@@ -262,7 +303,8 @@ fn status_text(s: &Status) -> String {
         "ferryd {} (pid {}), up {}\n\
          tcp {}  udp {}  ctl {}\n\
          sessions {} ({} sending, {} receiving)\n\
-         rate {} (sending {}, receiving {})\n",
+         rate {} (sending {}, receiving {})\n\
+         caps: inbound {}, outbound {}, background {}\n",
         s.version,
         s.pid,
         duration_text(s.uptime_s),
@@ -275,7 +317,33 @@ fn status_text(s: &Status) -> String {
         human_rate(s.rate_bps),
         human_rate(s.send_rate_bps),
         human_rate(s.recv_rate_bps),
+        cap_text(s.caps.inbound_bps),
+        cap_text(s.caps.outbound_bps),
+        cap_text(s.caps.background_bps),
     )
+}
+
+fn cap_text(cap: Option<u64>) -> String {
+    cap.map_or_else(|| "none".into(), human_rate)
+}
+
+fn caps_text(c: &Caps) -> String {
+    let line = |name: &str, cap: Option<u64>, rate: u64| match cap {
+        Some(cap) => format!(
+            "{name:<11} cap {:>12}  now {:>12} ({:.0}%)\n",
+            human_rate(cap),
+            human_rate(rate),
+            rate as f64 * 100.0 / cap.max(1) as f64
+        ),
+        None => format!(
+            "{name:<11} cap {:>12}  now {:>12}\n",
+            "none",
+            human_rate(rate)
+        ),
+    };
+    line("inbound", c.inbound_bps, c.inbound_rate_bps)
+        + &line("outbound", c.outbound_bps, c.outbound_rate_bps)
+        + &line("background", c.background_bps, c.background_rate_bps)
 }
 
 fn or_dash(s: Option<&str>) -> String {
@@ -371,6 +439,7 @@ fn session_detail(s: &Session) -> String {
         ("rate", human_rate(s.rate_bps)),
         ("target", sender_only(s, human_rate(s.target_bps))),
         ("minimum", sender_only(s, human_rate(s.min_bps))),
+        ("host cap", cap_text(s.ceiling_bps)),
         ("policy", or_dash(Some(&s.policy))),
         ("loss", sender_only(s, format!("{:.2}%", s.loss * 100.0))),
         ("rtt", sender_only(s, format!("{:.2} ms", s.rtt_ms))),

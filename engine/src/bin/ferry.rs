@@ -412,6 +412,7 @@ fn send(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
         no_fsync: o.no_fsync,
         initial_rtt: rtt,
         user: remote.user.clone(),
+        ceiling_bps: ready.ceiling_bps,
     };
     let report = run_session(&plane, &mut control, spec, o.json)?;
     // A failure seen here (a source that vanished) is more specific than the server's view
@@ -516,7 +517,7 @@ fn recv(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
             .map_err(|_| Failure(ErrorCode::Protocol, format!("unknown cipher {}", s.cipher)))?,
         direction: Direction::ServerToClient,
         block_size: s.block_size,
-        policy: Policy::Fair,
+        policy: s.policy.parse().unwrap_or(Policy::Fair),
         limits: RateLimits::new(s.target_bps, s.min_bps),
         root: dest,
         files: manifest.files.clone(),
@@ -524,6 +525,7 @@ fn recv(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
         no_fsync: o.no_fsync,
         initial_rtt: rtt,
         user: remote.user.clone(),
+        ceiling_bps: s.ceiling_bps,
     };
     let report = run_session(&plane, &mut control, spec, o.json)?;
     if let Some(err) = report.error {
@@ -571,6 +573,7 @@ fn run_session(
                 Steer::Pause => data::SessionOp::Pause,
                 Steer::Resume => data::SessionOp::Resume,
                 Steer::Cancel => data::SessionOp::Cancel,
+                Steer::Ceiling { bps } => data::SessionOp::Ceiling(bps),
             };
             if let Err(e) = plane.control(id, op) {
                 eprintln!("ferry: the server asked for a change that failed here: {e}");

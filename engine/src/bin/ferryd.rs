@@ -118,6 +118,8 @@ fn run(
     };
     let data = DataPlane::start_on(udp, &cores)
         .with_context(|| format!("cannot start the data plane on UDP {udp}"))?;
+    data.caps().set(config.caps.settings());
+    ferry_engine::caps::spawn_sharer(data.clone()).context("cannot start the cap sharer")?;
     let udp_addr = data.local_addr();
     let tcp = SocketAddr::new(config.listen, config.tcp_port);
     let listener = TcpListener::bind(tcp).with_context(|| format!("cannot listen on TCP {tcp}"))?;

@@ -123,6 +123,10 @@ pub struct Ready {
     pub target_bps: u64,
     /// Minimum rate, bits per second.
     pub min_bps: u64,
+    /// The session's share of the server's host cap, bits per second: the sender never
+    /// exceeds it (later changes arrive as [`Steer::Ceiling`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceiling_bps: Option<u64>,
 }
 
 /// The server's answer to a download.
@@ -159,6 +163,11 @@ pub enum Steer {
     Resume,
     /// End the session.
     Cancel,
+    /// The session's share of the server's host cap changed (`None`: no cap applies).
+    Ceiling {
+        /// The new ceiling, bits per second.
+        bps: Option<u64>,
+    },
 }
 
 /// How the transfer ended on the server's side.
@@ -352,6 +361,7 @@ mod tests {
             policy: "fair".into(),
             target_bps: 1,
             min_bps: 0,
+            ceiling_bps: Some(300_000_000),
         };
         let msgs = [
             ServerMsg::Hello {
@@ -359,6 +369,7 @@ mod tests {
                 user: "accept".into(),
             },
             ServerMsg::Ready(ready.clone()),
+            ServerMsg::Steer(Steer::Ceiling { bps: None }),
             ServerMsg::Manifest(Manifest {
                 files: vec![entry("t/x", 3)],
                 dirs: vec!["t".into()],

@@ -638,6 +638,7 @@ fn start_session<S: SessionStarter>(
         policy: spec.policy.as_str().to_string(),
         target_bps: spec.limits.target_bps,
         min_bps: spec.limits.min_bps,
+        ceiling_bps: handle.ceiling_bps,
     };
     let msg = reply(ready, &prepared);
     let total: u64 = spec.files.iter().map(|f| f.size).sum();
@@ -813,6 +814,7 @@ fn prepare_upload(
             no_fsync: false,
             initial_rtt: rtt_hint(&req.params),
             user: String::new(),
+            ceiling_bps: None,
         },
         dirs: req.dirs,
         skipped: Vec::new(),
@@ -898,6 +900,7 @@ fn prepare_download(
             no_fsync: false,
             initial_rtt: rtt_hint(&req.params),
             user: String::new(),
+            ceiling_bps: None,
         },
         dirs: walk.dirs,
         skipped: walk.skipped,
@@ -1016,6 +1019,7 @@ fn steer_of(op: crate::data::SessionOp) -> crate::control::messages::Steer {
         SessionOp::Pause => Steer::Pause,
         SessionOp::Resume => Steer::Resume,
         SessionOp::Cancel => Steer::Cancel,
+        SessionOp::Ceiling(bps) => Steer::Ceiling { bps },
     }
 }
 

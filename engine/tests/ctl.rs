@@ -612,8 +612,8 @@ fn sh_quote(s: &OsStr) -> String {
 }
 
 /// `ferryctl top` in a real terminal: tmux runs it against a ferryd sending a download at
-/// a fixed 200 Mbit/s, and its screen shows the session with its direction and rate; then
-/// ferryd is killed and the view says so and stays up. With `FERRY_TOP_CAPTURE=PATH` the
+/// a fixed 200 Mbit/s, and its screen shows the session with its direction and rate; p and
+/// r pause and resume it; then ferryd is killed and the view says so and stays up. With `FERRY_TOP_CAPTURE=PATH` the
 /// first screen is also written to PATH.
 #[test]
 fn ferryctl_top_shows_a_live_session_in_tmux() {
@@ -699,6 +699,24 @@ fn ferryctl_top_shows_a_live_session_in_tmux() {
         screen.contains(&format!("session {id} rate, last 60 s (target 200 Mbit/s)")),
         "no chart:\n{screen}"
     );
+
+    // p and r pause and resume the selected session, and the footer says so.
+    for (key, state, note) in [("p", "paused", "paused"), ("r", "running", "resumed")] {
+        tmux.run(&["send-keys", "-t", "top", key]);
+        let t = Instant::now();
+        loop {
+            let listed = session(&s, id).expect("still listed");
+            let screen = tmux.capture();
+            if listed["state"] == state && screen.contains(&format!("session {id}: {note}")) {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(3),
+                "{key} did not leave session {id} {state}: {listed}\n{screen}"
+            );
+            let _ = ferry.wait_line(Duration::from_millis(100), |_| false);
+        }
+    }
 
     // ferryd goes away: the view says so and keeps trying.
     let ferryd = s.child_mut();

@@ -2,7 +2,8 @@
 //! while a real transfer runs; errors for the unreachable, the garbled and the unpermitted.
 //!
 //! Needs `ssh-keygen` (client keys). The permission test runs only as root (it connects
-//! as another user).
+//! as another user); the `ferryctl top` test runs only where `tmux` is installed (it is
+//! the terminal).
 
 #[allow(dead_code)]
 mod common;
@@ -387,8 +388,8 @@ fn an_upload_is_steered_through_its_sender() {
 fn ferryctl_without_ferryd_says_how_to_fix_it() {
     let tmp = tempfile::tempdir().unwrap();
     let sock = tmp.path().join("nobody-here.sock");
-    for sub in ["status", "sessions"] {
-        let out = ferryctl_at(&sock, &[sub]);
+    for args in [&["status"][..], &["sessions"], &["top", "--once"]] {
+        let out = ferryctl_at(&sock, args);
         assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
         let err = String::from_utf8_lossy(&out.stderr);
         let p = sock.display();
@@ -761,4 +762,193 @@ fn a_fair_and_a_low_download_split_a_cap_set_live() {
     let out = ctl_json(&s, &["caps", "--outbound", "none"]);
     assert!(out["outbound_bps"].is_null(), "{out}");
     s.assert_alive("after the capped downloads");
+}
+
+/// A private tmux server (its own socket), killed with everything in it on drop.
+struct Tmux {
+    socket: PathBuf,
+}
+
+impl Tmux {
+    /// Whether tmux can be run here at all.
+    fn available() -> bool {
+        Command::new("tmux")
+            .arg("-V")
+            .stdin(Stdio::null())
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// `tmux -S SOCKET ARGS...`, which must succeed; its stdout.
+    fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> String {
+        let out = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tmux");
+        assert!(out.status.success(), "tmux: {}", describe(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The visible screen of the one pane, as text.
+    fn capture(&self) -> String {
+        self.run(&["capture-pane", "-p", "-t", "top"])
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .arg("kill-server")
+            .stdin(Stdio::null())
+            .output();
+    }
+}
+
+/// A word for `sh -c`, quoted.
+fn sh_quote(s: &OsStr) -> String {
+    format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"))
+}
+
+/// `ferryctl top` in a real terminal: tmux runs it against a ferryd sending a download at
+/// a fixed 200 Mbit/s, and its screen shows the session with its direction and rate; p and
+/// r pause and resume it; then ferryd is killed and the view says so and stays up. With `FERRY_TOP_CAPTURE=PATH` the
+/// first screen is also written to PATH.
+#[test]
+fn ferryctl_top_shows_a_live_session_in_tmux() {
+    if !Tmux::available() {
+        eprintln!("skipped: tmux is not installed (apt-get install tmux)");
+        return;
+    }
+    let _ = ferryctl();
+    let mut s = Server::start();
+    // About 5 s at 200 Mbit/s: still running when the screen is read.
+    let size = 128 * MIB;
+    let src = s.docroot.join("big.bin");
+    write_random_file(&src, size, 0x709);
+    let back = s.dir("back");
+    let cmd = s.ferry_cmd(
+        "recv",
+        &[
+            OsStr::new("-l"),
+            OsStr::new("200m"),
+            OsStr::new("--policy"),
+            OsStr::new("fixed"),
+            OsStr::new(&s.remote("/big.bin")),
+            back.as_os_str(),
+        ],
+    );
+    let mut ferry = s.spawn_ferry(&cmd);
+    let first = wait_for_running_session(&s, &mut ferry);
+    let id = u64_of(&first, "id");
+
+    let tmux = Tmux {
+        socket: s.dir("tmux").join("sock"),
+    };
+    // The shell stays after ferryctl so that a crash leaves its message on the screen.
+    let shell = format!(
+        "{} --socket {} top; echo \"ferryctl exited with status $?\"; sleep 60",
+        sh_quote(ferryctl().as_os_str()),
+        sh_quote(s.ctl_socket().as_os_str()),
+    );
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "top",
+        "-x",
+        "160",
+        "-y",
+        "40",
+        &shell,
+    ]);
+    // Three polls at the default 1 s interval; keep draining the client's progress lines.
+    let _ = ferry.wait_line(Duration::from_millis(2500), |_| false);
+    let screen = tmux.capture();
+    eprintln!("ferryctl top, 2.5 s in:\n{screen}");
+    if let Some(path) = std::env::var_os("FERRY_TOP_CAPTURE") {
+        fs::write(&path, &screen).expect("write FERRY_TOP_CAPTURE");
+    }
+    assert!(
+        !screen.contains("ferryctl exited"),
+        "ferryctl top stopped:\n{screen}"
+    );
+    assert!(
+        screen.contains("ferryctl top") && screen.contains("sessions 1 (1 sending"),
+        "no header:\n{screen}"
+    );
+    // The selected row: "> ID  tester  send  fixed  RATE Mbit/s ...".
+    let row = screen
+        .lines()
+        .find(|l| l.contains(&format!("> {id} ")))
+        .unwrap_or_else(|| panic!("no row for session {id}:\n{screen}"));
+    let words: Vec<&str> = row.split_whitespace().collect();
+    assert!(words.contains(&"send"), "direction in {row:?}");
+    assert!(words.contains(&"fixed"), "policy in {row:?}");
+    // The first rate in the row is the session's (the target follows it).
+    let rate: f64 = words
+        .windows(2)
+        .find_map(|w| (w[1] == "Mbit/s").then(|| w[0].parse().ok()).flatten())
+        .unwrap_or_else(|| panic!("no rate in {row:?}"));
+    assert!(
+        (100.0..=260.0).contains(&rate),
+        "at -l 200m the row says {rate} Mbit/s: {row:?}"
+    );
+    assert!(
+        screen.contains(&format!("session {id} rate, last 60 s (target 200 Mbit/s)")),
+        "no chart:\n{screen}"
+    );
+
+    // p and r pause and resume the selected session, and the footer says so.
+    for (key, state, note) in [("p", "paused", "paused"), ("r", "running", "resumed")] {
+        tmux.run(&["send-keys", "-t", "top", key]);
+        let t = Instant::now();
+        loop {
+            let listed = session(&s, id).expect("still listed");
+            let screen = tmux.capture();
+            if listed["state"] == state && screen.contains(&format!("session {id}: {note}")) {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(3),
+                "{key} did not leave session {id} {state}: {listed}\n{screen}"
+            );
+            let _ = ferry.wait_line(Duration::from_millis(100), |_| false);
+        }
+    }
+
+    // ferryd goes away: the view says so and keeps trying.
+    let ferryd = s.child_mut();
+    ferryd.kill().expect("kill ferryd");
+    let _ = ferryd.wait();
+    thread::sleep(Duration::from_millis(2500));
+    let screen = tmux.capture();
+    eprintln!("ferryctl top, ferryd killed:\n{screen}");
+    assert!(
+        !screen.contains("ferryctl exited"),
+        "ferryctl top stopped when ferryd went away:\n{screen}"
+    );
+    assert!(
+        screen.contains("cannot reach ferryd") && screen.contains("retrying every 1 s"),
+        "no error on the screen:\n{screen}"
+    );
+
+    // q quits, and the shell after it runs.
+    tmux.run(&["send-keys", "-t", "top", "q"]);
+    let t = Instant::now();
+    loop {
+        let screen = tmux.capture();
+        if screen.contains("ferryctl exited with status 0") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "q did not quit:\n{screen}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
 }

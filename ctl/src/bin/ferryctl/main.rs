@@ -1,5 +1,7 @@
 //! ferryctl: watch and steer a running ferryd through its control socket.
 
+mod top;
+
 use std::io::{BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -88,6 +90,16 @@ enum Cmd {
         #[arg(long, value_name = "R", value_parser = parse_cap)]
         background: Option<u64>,
     },
+    /// A live view: the server, every session, the selected session's rate over the last
+    /// minute. Keys: q or Esc quits, up/down selects, p/r pause/resume the selected session.
+    Top {
+        /// How often to ask ferryd (1s, 500ms).
+        #[arg(long, value_name = "T", default_value = "1s", value_parser = top::parse_interval)]
+        interval: Duration,
+        /// Print one frame as text and exit, for scripts (no key handling, no history).
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 /// A cap as typed: a rate, or `none` (sent as 0, which lifts it).
@@ -111,6 +123,12 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
+    if let Cmd::Top { interval, once } = cli.command {
+        if cli.json {
+            bail!("top has no --json; use sessions --json or status --json");
+        }
+        return top::run(&cli.socket, interval, once);
+    }
     let mut conn = Conn::open(&cli.socket)?;
     let mut out = std::io::stdout().lock();
     match &cli.command {
@@ -198,6 +216,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 write!(out, "{}", caps_text(&c))?;
             }
         }
+        Cmd::Top { .. } => unreachable!("handled above"),
     }
     out.flush()?;
     Ok(())

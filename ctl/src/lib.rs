@@ -101,6 +101,8 @@ pub enum Command {
         /// The session.
         id: u32,
     },
+    /// Counters and latency percentiles of each data lane (core) ([`Payload::Stats`]).
+    Stats,
     /// Shows the host-wide caps ([`Payload::Caps`]) after changing those given (0 lifts a
     /// cap); sessions get their new shares within a second.
     Caps {
@@ -186,6 +188,63 @@ pub enum Payload {
     Done,
     /// For [`Command::Caps`].
     Caps(Caps),
+    /// For [`Command::Stats`].
+    Stats {
+        /// One entry per data lane.
+        lanes: Vec<LaneStats>,
+    },
+}
+
+/// What one data lane (a pinned thread with its own socket) has done since ferryd started.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LaneStats {
+    /// The CPU core its thread is pinned to (absent: not pinned).
+    pub core: Option<u64>,
+    /// Its UDP port.
+    pub port: u16,
+    /// Seconds since the lane started.
+    pub uptime_s: f64,
+    /// Of them, seconds its thread worked rather than slept.
+    pub busy_s: f64,
+    /// Sessions started on the lane.
+    pub sessions_started: u64,
+    /// Sessions that ended.
+    pub sessions_ended: u64,
+    /// Of them, those that ended with an error.
+    pub sessions_failed: u64,
+    /// Payload delivered by sessions this host sends.
+    pub bytes_sent: u64,
+    /// Payload delivered to sessions this host receives.
+    pub bytes_received: u64,
+    /// UDP payload bytes sent, all kinds.
+    pub wire_bytes_sent: u64,
+    /// Payload bytes sent again (NACKs, probes, tail copies).
+    pub retransmitted_bytes: u64,
+    /// Inbound datagrams dropped, by reason.
+    pub drops: std::collections::BTreeMap<String, u64>,
+    /// Latency distributions.
+    pub latencies: Vec<LatencyStats>,
+}
+
+/// One latency's distribution, microseconds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LatencyStats {
+    /// `feedback_rtt`, `queue_delay`, `disk_read` or `disk_write`.
+    pub name: String,
+    /// Values recorded.
+    pub count: u64,
+    /// Median.
+    pub p50_us: u64,
+    /// 90th percentile.
+    pub p90_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// 99.9th percentile.
+    pub p999_us: u64,
+    /// Largest.
+    pub max_us: u64,
 }
 
 /// The host-wide caps and what flows under them. A cap of `None` is no cap.
@@ -238,6 +297,20 @@ pub struct Status {
     pub recv_rate_bps: u64,
     /// The host-wide caps.
     pub caps: Caps,
+    /// The data lanes: one pinned thread per core, each with its socket and sessions.
+    pub lanes: Vec<Lane>,
+}
+
+/// One data lane as `status` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Lane {
+    /// The CPU core its thread is pinned to (absent: not pinned).
+    pub core: Option<u64>,
+    /// Its UDP port.
+    pub port: u16,
+    /// The sessions it runs, by id.
+    pub sessions: Vec<u32>,
 }
 
 /// One running session, as `ferryctl sessions` shows it.
@@ -382,6 +455,7 @@ mod tests {
             Command::Pause { id: 1 },
             Command::Resume { id: 2 },
             Command::Cancel { id: 3 },
+            Command::Stats,
             Command::Caps {
                 inbound_bps: Some(300_000_000),
                 outbound_bps: None,
@@ -468,11 +542,28 @@ mod tests {
                 inbound_bps: Some(300_000_000),
                 ..Caps::default()
             },
+            lanes: vec![Lane {
+                core: Some(0),
+                port: 33001,
+                sessions: vec![42],
+            }],
         };
         for r in [
             Response::Ok(Payload::Done),
             Response::Ok(Payload::Status(status.clone())),
             Response::Ok(Payload::Caps(status.caps)),
+            Response::Ok(Payload::Stats {
+                lanes: vec![LaneStats {
+                    core: Some(0),
+                    drops: [("auth".to_string(), 3)].into_iter().collect(),
+                    latencies: vec![LatencyStats {
+                        name: "disk_write".into(),
+                        count: 5,
+                        ..LatencyStats::default()
+                    }],
+                    ..LaneStats::default()
+                }],
+            }),
             Response::Ok(Payload::Sessions {
                 sessions: vec![session.clone(), Session::default()],
             }),

@@ -393,6 +393,10 @@ fn handle(shared: &Shared, uid: u32, req: Request) -> Response {
     let data = &shared.data;
     let (id, op, what) = match req.command {
         Command::Status => return Response::Ok(Payload::Status(status(shared))),
+        Command::Stats => {
+            let lanes = data.lane_stats().iter().map(lane_row).collect();
+            return Response::Ok(Payload::Stats { lanes });
+        }
         Command::Sessions => {
             let sessions = data.sessions().iter().map(session_row).collect();
             return Response::Ok(Payload::Sessions { sessions });
@@ -507,6 +511,20 @@ fn status(shared: &Shared) -> Status {
     };
     let count = |dir: &str| sessions.iter().filter(|s| s.direction == dir).count() as u64;
     let caps = caps_row(shared, &sessions);
+    let lanes = shared
+        .data
+        .lane_stats()
+        .iter()
+        .map(|l| ferry_ctl::Lane {
+            core: l.core.map(|c| c as u64),
+            port: l.port,
+            sessions: sessions
+                .iter()
+                .filter(|s| s.port == l.port)
+                .map(|s| s.id)
+                .collect(),
+        })
+        .collect();
     Status {
         version: env!("CARGO_PKG_VERSION").to_string(),
         protocol: PROTOCOL_VERSION,
@@ -522,6 +540,38 @@ fn status(shared: &Shared) -> Status {
         send_rate_bps: rate("send"),
         recv_rate_bps: rate("recv"),
         caps,
+        lanes,
+    }
+}
+
+fn lane_row(l: &crate::stats::LaneStats) -> ferry_ctl::LaneStats {
+    let t = l.totals();
+    ferry_ctl::LaneStats {
+        core: l.core.map(|c| c as u64),
+        port: l.port,
+        uptime_s: l.uptime.as_secs_f64(),
+        busy_s: l.busy.as_secs_f64(),
+        sessions_started: t.sessions_started,
+        sessions_ended: t.sessions_ended,
+        sessions_failed: t.sessions_failed,
+        bytes_sent: t.bytes_sent,
+        bytes_received: t.bytes_received,
+        wire_bytes_sent: t.wire_bytes_sent,
+        retransmitted_bytes: t.retransmitted_bytes,
+        drops: t.drops.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        latencies: l
+            .latencies()
+            .into_iter()
+            .map(|p| ferry_ctl::LatencyStats {
+                name: p.name.to_string(),
+                count: p.count,
+                p50_us: p.p50_us,
+                p90_us: p.p90_us,
+                p99_us: p.p99_us,
+                p999_us: p.p999_us,
+                max_us: p.max_us,
+            })
+            .collect(),
     }
 }
 

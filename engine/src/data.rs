@@ -31,6 +31,7 @@ use ferry_tuning::{Controller, Policy, RateLimits, Timestamp};
 
 use crate::caps::HostCaps;
 use crate::control::ErrorCode;
+use crate::stats::{Counters, LaneStats, Latency};
 
 /// One file of a session, as both sides agree on it over the control channel.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -90,7 +91,7 @@ pub struct SessionSpec {
 }
 
 /// How a session ended.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct SessionReport {
     /// `None` when every file arrived complete.
     pub error: Option<(ErrorCode, String)>,
@@ -104,6 +105,10 @@ pub struct SessionReport {
     pub data_secs: f64,
     /// Inbound datagrams dropped, by reason.
     pub drops: Vec<(&'static str, u64)>,
+    /// Share of sent blocks the receiver reported lost (sending side).
+    pub loss: Option<f64>,
+    /// Blocks asked for again, repeats included (receiving side).
+    pub nacks: Option<u64>,
 }
 
 /// Progress of a running session, shared with the control plane and the CLI.
@@ -230,10 +235,14 @@ struct Lane {
     snapshot: Arc<Mutex<Vec<SessionInfo>>>,
     /// Sessions on this lane: counted up when placed, down by the lane when they end.
     active: Arc<AtomicUsize>,
+    /// The lane's counters and latencies, published about once a second.
+    stats: Arc<Mutex<LaneStats>>,
 }
 
 /// How often the data thread refreshes what [`DataPlane::sessions`] returns.
 const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(100);
+/// How often it publishes [`DataPlane::lane_stats`].
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a session waits for the first authentic datagram from its peer.
 const UDP_START_TIMEOUT: Duration = Duration::from_secs(5);
 /// Socket buffers: bursts at 10 Gbit/s and more need megabytes.
@@ -259,6 +268,8 @@ impl Lane {
         let shared = snapshot.clone();
         let active = Arc::new(AtomicUsize::new(0));
         let lane_active = active.clone();
+        let stats = Arc::new(Mutex::new(LaneStats::new(core, local.port())));
+        let lane_stats = stats.clone();
         std::thread::Builder::new()
             .name(format!("ferry-data-{}", local.port()))
             .spawn(move || {
@@ -273,7 +284,7 @@ impl Lane {
                 unsafe {
                     libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
                 }
-                DataThread::new(socket, rx, shared, lane_active, core).run()
+                DataThread::new(socket, rx, shared, lane_active, lane_stats).run()
             })?;
         Ok(Lane {
             local,
@@ -281,6 +292,7 @@ impl Lane {
             wake,
             snapshot,
             active,
+            stats,
         })
     }
 
@@ -331,6 +343,14 @@ impl DataPlane {
     /// The first lane's UDP address (the one `ferryd` announces).
     pub fn local_addr(&self) -> SocketAddr {
         self.lanes[0].local
+    }
+
+    /// Each lane's counters and latency histograms (at most about a second old).
+    pub fn lane_stats(&self) -> Vec<LaneStats> {
+        self.lanes
+            .iter()
+            .filter_map(|l| l.stats.lock().ok().map(|s| s.clone()))
+            .collect()
     }
 
     /// Every lane's UDP address.
@@ -421,11 +441,7 @@ impl SessionReport {
     fn failed(code: ErrorCode, message: String) -> Self {
         SessionReport {
             error: Some((code, message)),
-            bytes: 0,
-            wire_bytes: 0,
-            retransmitted_bytes: 0,
-            data_secs: 0.0,
-            drops: Vec::new(),
+            ..SessionReport::default()
         }
     }
 }
@@ -808,6 +824,27 @@ impl Session {
         info
     }
 
+    /// This session's share of its lane's counters, so far.
+    fn counters(&self) -> Counters {
+        let mut c = Counters {
+            wire_bytes_sent: self.wire_bytes,
+            ..Counters::default()
+        };
+        let drops = match &self.machine {
+            Machine::Send(s, _) => {
+                c.bytes_sent = s.acknowledged_bytes();
+                c.retransmitted_bytes = s.stats().resent_bytes + s.stats().copy_bytes;
+                s.drops().nonzero()
+            }
+            Machine::Recv(r, _) => {
+                c.bytes_received = r.stats().new_bytes;
+                r.drops().nonzero()
+            }
+        };
+        c.drops = drops.into_iter().collect();
+        c
+    }
+
     fn drops_total(&self) -> u64 {
         match &self.machine {
             Machine::Send(s, _) => s.drops().total(),
@@ -815,11 +852,26 @@ impl Session {
         }
     }
 
-    fn handle_datagram(&mut self, now: Timestamp, from: SocketAddr, datagram: &mut [u8]) {
+    fn handle_datagram(
+        &mut self,
+        now: Timestamp,
+        from: SocketAddr,
+        datagram: &mut [u8],
+        stats: &mut LaneStats,
+    ) {
         let before = self.drops_total();
         let delivery = match &mut self.machine {
             Machine::Send(s, _) => {
+                let samples = s.rtt().samples();
                 s.handle_datagram(now, datagram);
+                if s.rtt().samples() != samples
+                    && let Some(rtt) = s.rtt().latest()
+                {
+                    stats.record(Latency::FeedbackRtt, rtt);
+                    if let Some(q) = s.controller().queue_delay() {
+                        stats.record(Latency::QueueDelay, q);
+                    }
+                }
                 None
             }
             Machine::Recv(r, _) => r.handle_datagram(now, datagram),
@@ -835,6 +887,7 @@ impl Session {
         }
         if let Some(d) = delivery {
             self.first_data.get_or_insert(now);
+            let t = Instant::now();
             let result = self
                 .files
                 .write(d.file, d.offset, &datagram[d.payload.clone()])
@@ -843,6 +896,7 @@ impl Session {
                     let path = self.files.entries[d.file as usize].path.clone();
                     (code, format!("writing {path}: {e}"))
                 });
+            stats.record(Latency::DiskWrite, t.elapsed());
             let Machine::Recv(r, _) = &mut self.machine else {
                 unreachable!()
             };
@@ -860,7 +914,7 @@ impl Session {
     }
 
     /// Lets the machine do everything it can at `now`: disk reads, datagrams out.
-    fn drive(&mut self, now: Timestamp, socket: &UdpSocket) {
+    fn drive(&mut self, now: Timestamp, socket: &UdpSocket, stats: &mut LaneStats) {
         match &mut self.machine {
             Machine::Send(s, bufs) => {
                 loop {
@@ -869,7 +923,9 @@ impl Session {
                             SenderEvent::Read { slot, block } => {
                                 let buf = &mut bufs.slots[slot as usize][wire::DATA_HEADER_LEN..]
                                     [..block.len as usize];
+                                let t = Instant::now();
                                 let r = self.files.read(block.file, block.offset, buf);
+                                stats.record(Latency::DiskRead, t.elapsed());
                                 if let Err(e) = &r {
                                     let path = &self.files.entries[block.file as usize].path;
                                     self.error.get_or_insert((
@@ -987,6 +1043,16 @@ impl Session {
             ),
             Machine::Recv(r, _) => (r.stats().new_bytes, 0, r.drops().nonzero()),
         };
+        let (loss, nacks) = match &self.machine {
+            Machine::Send(s, _) => {
+                let st = s.stats();
+                (
+                    Some(st.nacked_blocks as f64 / st.datagrams.max(1) as f64),
+                    None,
+                )
+            }
+            Machine::Recv(r, _) => (None, Some(r.stats().nacked_blocks)),
+        };
         let data_secs = match (self.first_data, self.done_at) {
             (Some(a), Some(b)) => b.saturating_since(a).as_secs_f64(),
             _ => 0.0,
@@ -1003,6 +1069,8 @@ impl Session {
             retransmitted_bytes: retransmitted,
             data_secs,
             drops,
+            loss,
+            nacks,
         };
         (self.report, report)
     }
@@ -1046,6 +1114,13 @@ struct DataThread {
     active: Arc<AtomicUsize>,
     /// The core this thread is pinned to, if any.
     core: Option<usize>,
+    /// Counters and latencies, recorded here without locks.
+    stats: LaneStats,
+    /// Where [`DataThread::stats`] is published, about once a second.
+    stats_shared: Arc<Mutex<LaneStats>>,
+    next_stats: Timestamp,
+    /// Time spent asleep waiting for datagrams or timers.
+    slept: Duration,
 }
 
 impl DataThread {
@@ -1054,11 +1129,19 @@ impl DataThread {
         commands: mpsc::Receiver<Command>,
         snapshot: Arc<Mutex<Vec<SessionInfo>>>,
         active: Arc<AtomicUsize>,
-        core: Option<usize>,
+        stats_shared: Arc<Mutex<LaneStats>>,
     ) -> Self {
+        let stats = stats_shared
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_else(|_| LaneStats::new(None, 0));
         DataThread {
             active,
-            core,
+            core: stats.core,
+            stats,
+            stats_shared,
+            next_stats: Timestamp::ZERO,
+            slept: Duration::ZERO,
             socket,
             commands,
             sessions: HashMap::new(),
@@ -1088,6 +1171,22 @@ impl DataThread {
         }
         infos.sort_by_key(|i| i.id);
         self.last_bytes = seen;
+        if now >= self.next_stats {
+            let mut live = Counters::default();
+            for s in self.sessions.values() {
+                live.add(&s.counters());
+            }
+            if self.unknown_session > 0 {
+                live.drops.insert("unknown_session", self.unknown_session);
+            }
+            self.stats.live = live;
+            self.stats.uptime = self.epoch.elapsed();
+            self.stats.busy = self.stats.uptime.saturating_sub(self.slept);
+            if let Ok(mut shared) = self.stats_shared.lock() {
+                *shared = self.stats.clone();
+            }
+            self.next_stats = now + STATS_INTERVAL;
+        }
         if let Ok(mut shared) = self.snapshot.lock() {
             *shared = infos;
         }
@@ -1110,6 +1209,7 @@ impl DataThread {
                             Ok(mut s) => {
                                 s.remote = Some(remote);
                                 self.sessions.insert(id, s);
+                                self.stats.ended.sessions_started += 1;
                             }
                             Err((code, msg)) => {
                                 self.active.fetch_sub(1, Ordering::Relaxed);
@@ -1136,7 +1236,7 @@ impl DataThread {
             }
             let now = self.now();
             for s in self.sessions.values_mut() {
-                s.drive(now, &self.socket);
+                s.drive(now, &self.socket, &mut self.stats);
             }
             self.reap();
             self.publish(now);
@@ -1151,7 +1251,9 @@ impl DataThread {
                 None => Duration::from_millis(200),
             };
             if !wait.is_zero() {
+                let t = Instant::now();
                 wait_readable(&self.socket, wait.min(Duration::from_millis(200)));
+                self.slept += t.elapsed();
             }
             // Take in what arrived, a bounded batch at a time so sending is not starved.
             for _ in 0..256 {
@@ -1167,7 +1269,7 @@ impl DataThread {
                 }
                 let id = u32::from_be_bytes(datagram[4..8].try_into().expect("4 bytes"));
                 match self.sessions.get_mut(&id) {
-                    Some(s) => s.handle_datagram(now, from, datagram),
+                    Some(s) => s.handle_datagram(now, from, datagram, &mut self.stats),
                     None => self.unknown_session += 1,
                 }
             }
@@ -1190,6 +1292,10 @@ impl DataThread {
         for id in ended {
             let s = self.sessions.remove(&id).expect("listed");
             self.active.fetch_sub(1, Ordering::Relaxed);
+            let mut c = s.counters();
+            c.sessions_ended = 1;
+            c.sessions_failed = u64::from(s.error.is_some() || s.done_at.is_none());
+            self.stats.ended.add(&c);
             debug_assert_eq!(s.id, id);
             let (tx, report) = s.into_report();
             let _ = tx.send(report);

@@ -33,7 +33,7 @@ impl SessionStarter for Fake {
             wire_bytes: bytes,
             retransmitted_bytes: 0,
             data_secs: 0.01,
-            drops: Vec::new(),
+            ..SessionReport::default()
         })
         .unwrap();
         SessionHandle {

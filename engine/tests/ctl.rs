@@ -952,3 +952,115 @@ fn ferryctl_top_shows_a_live_session_in_tmux() {
         thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A free TCP port on loopback (bound and released: another process could take it, which
+/// only fails the test loudly).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET /metrics` from `port`; the body.
+fn scrape(port: u16) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
+    reply
+}
+
+#[test]
+fn a_session_is_in_the_transfer_log_stats_and_metrics() {
+    let _ = ferryctl();
+    let mut s = Server::init();
+    let port = free_port();
+    edit_config(
+        &s,
+        &[(
+            "# metrics_listen = \"127.0.0.1:9464\"",
+            &format!("metrics_listen = \"127.0.0.1:{port}\""),
+        )],
+    );
+    s.run();
+    let size = 8 * MIB;
+    let src = s.dir("up").join("logged file.bin");
+    write_random_file(&src, size, 0x106);
+    let run = s.send(&[src.as_os_str(), OsStr::new(&s.remote("/"))]);
+    s.assert_ok(&run, "the logged upload");
+
+    // The transfer log: a start and an end line for the session, greppable.
+    let log = fs::read_to_string(s.srv.join("transfers.log")).expect("a transfer log");
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(lines[0].contains(" start session="), "{log}");
+    assert!(
+        lines[0].contains(" user=tester direction=upload files=1 bytes=8388608 "),
+        "{log}"
+    );
+    assert!(lines[1].contains(" end session="), "{log}");
+    assert!(
+        lines[1].contains(" bytes_done=8388608 ") && lines[1].contains(" status=ok code=0 "),
+        "{log}"
+    );
+    let id = |l: &str| {
+        l.split_whitespace()
+            .find(|w| w.starts_with("session="))
+            .map(String::from)
+    };
+    assert_eq!(id(lines[0]), id(lines[1]), "{log}");
+
+    // Stats and metrics: published about once a second.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let stats = loop {
+        let v = ctl_json(&s, &["stats"]);
+        let received: u64 = v["lanes"]
+            .as_array()
+            .expect("lanes")
+            .iter()
+            .map(|l| u64_of(l, "bytes_received"))
+            .sum();
+        if received == size {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stats never counted the upload: {v}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    };
+    let writes: u64 = stats["lanes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|l| l["latencies"].as_array().unwrap().iter())
+        .filter(|p| p["name"] == "disk_write")
+        .map(|p| u64_of(p, "count"))
+        .sum();
+    assert!(writes >= size / 65_536, "{stats}");
+    let table = ctl_ok(&s, &["stats"]);
+    assert!(
+        table.contains("disk_write") && table.contains("p99"),
+        "{table}"
+    );
+
+    let metrics = scrape(port);
+    let received: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("ferry_received_bytes_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(received, size, "{metrics}");
+    for want in [
+        "ferry_sessions{direction=\"recv\"} 0",
+        "ferry_core_busy_seconds_total{",
+        "ferry_latency_seconds{",
+    ] {
+        assert!(metrics.contains(want), "no {want} in:\n{metrics}");
+    }
+    let status = ctl_json(&s, &["status"]);
+    assert!(!status["lanes"].as_array().unwrap().is_empty(), "{status}");
+}

@@ -139,6 +139,8 @@ pub struct RttEstimator {
     rttvar: Duration,
     min: Duration,
     initial: Duration,
+    latest: Option<Duration>,
+    samples: u64,
 }
 
 impl RttEstimator {
@@ -149,12 +151,16 @@ impl RttEstimator {
             rttvar: initial / 2,
             min: Duration::MAX,
             initial,
+            latest: None,
+            samples: 0,
         }
     }
 
     /// Adds a sample.
     pub fn update(&mut self, sample: Duration) {
         self.min = self.min.min(sample);
+        self.latest = Some(sample);
+        self.samples += 1;
         match self.srtt {
             None => {
                 self.srtt = Some(sample);
@@ -190,5 +196,15 @@ impl RttEstimator {
     /// Whether any sample arrived.
     pub fn has_samples(&self) -> bool {
         self.srtt.is_some()
+    }
+
+    /// The last sample, if any.
+    pub fn latest(&self) -> Option<Duration> {
+        self.latest
+    }
+
+    /// How many samples arrived (a caller that records each one compares counts).
+    pub fn samples(&self) -> u64 {
+        self.samples
     }
 }

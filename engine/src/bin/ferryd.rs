@@ -124,6 +124,7 @@ fn run(
     let tcp = SocketAddr::new(config.listen, config.tcp_port);
     let listener = TcpListener::bind(tcp).with_context(|| format!("cannot listen on TCP {tcp}"))?;
     let ctl = config.ctl_socket.clone();
+    let metrics_listen = config.metrics_listen;
     let server = control::serve(config, data.clone(), listener)?;
     server
         .shutdown_on_signals()
@@ -133,12 +134,21 @@ fn run(
         udp: udp_addr,
         started,
     };
+    let metrics = match metrics_listen {
+        Some(addr) => Some(
+            ferry_engine::metrics::serve(addr, data.clone())
+                .with_context(|| format!("cannot serve metrics on {addr}"))?,
+        ),
+        None => None,
+    };
     let ctl_server = ctl_server::serve(&ctl, data, info).context("control socket")?;
 
     let mut out = std::io::stdout().lock();
+    // `metrics=` only when enabled: the contract's fields come first, as they always do.
+    let metrics = metrics.map_or_else(String::new, |a| format!(" metrics={a}"));
     writeln!(
         out,
-        "ready tcp={} udp={} ctl={}",
+        "ready tcp={} udp={} ctl={}{metrics}",
         server.local_addr(),
         udp_addr,
         ctl.display()

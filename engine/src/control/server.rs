@@ -30,6 +30,7 @@ use super::{ErrorCode, SUBSYSTEM};
 use crate::config::FerrydConfig;
 use crate::data::{DataPlane, FileEntry, Role, SessionHandle, SessionReport, SessionSpec};
 use crate::paths::{Docroot, PathError, validate_relative};
+use crate::translog::{self, Start, TransferLog};
 
 /// The largest payload per datagram: a UDP datagram (65 507 bytes) less the data header and
 /// the AEAD tag.
@@ -131,6 +132,7 @@ struct Shared<S> {
     config: FerrydConfig,
     starter: S,
     stop: watch::Receiver<bool>,
+    log: TransferLog,
 }
 
 /// Starts the control server on `listener` (already bound, so port 0 has its real port) on a
@@ -141,6 +143,15 @@ pub fn serve<S: SessionStarter>(
     listener: std::net::TcpListener,
 ) -> Result<ServerHandle, ServeError> {
     let host_key = config.load_host_key()?;
+    let log = TransferLog::open(&config.transfer_log).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "cannot open the transfer log {}: {e} (set transfer_log in ferryd.toml)",
+                config.transfer_log.display()
+            ),
+        )
+    })?;
     let local_addr = listener.local_addr()?;
     listener.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -170,6 +181,7 @@ pub fn serve<S: SessionStarter>(
         config,
         starter,
         stop: stop_rx,
+        log,
     });
     let thread = std::thread::Builder::new()
         .name("ferry-control".into())
@@ -486,16 +498,25 @@ async fn run_channel<S: SessionStarter>(mut channel: Channel<Msg>, ctx: ChannelC
     if !send(&channel, &reply).await || refused {
         return finish(&channel, false).await;
     }
-    let Some((session, rx)) = report else {
+    let Some((session, rx, logged)) = report else {
         return finish(&channel, false).await;
     };
+    ctx.shared.log.start(&logged);
 
     // Phase 2: wait for the data plane's report.
     let mut client_gone = false;
+    let mut ended = translog::End::default();
     let done = loop {
         tokio::select! {
             _ = tokio::time::sleep(REPORT_POLL) => match rx.report.try_recv() {
-                Ok(r) => break done_from_report(&r),
+                Ok(r) => {
+                    let done = done_from_report(&r);
+                    ended.loss = r.loss;
+                    ended.nacks = r.nacks;
+                    ended.retransmitted_bytes =
+                        (logged.direction == "download").then_some(r.retransmitted_bytes);
+                    break done;
+                }
                 Err(mpsc::TryRecvError::Empty) => {
                     while let Ok(op) = rx.remote_ops.try_recv() {
                         if !client_gone {
@@ -525,6 +546,10 @@ async fn run_channel<S: SessionStarter>(mut channel: Channel<Msg>, ctx: ChannelC
             ),
         }
     };
+    ended.bytes = done.bytes;
+    ended.duration_s = done.data_secs;
+    ended.error = done.error().map(|(c, m)| (c.code(), m));
+    ctx.shared.log.end(&logged, &ended);
     match done.error() {
         None => eprintln!(
             "ferryd: {} ({}): session {session} done: {} bytes",
@@ -568,7 +593,7 @@ fn done_error(code: ErrorCode, message: String) -> Done {
     }
 }
 
-type Started = Option<(u32, SessionHandle)>;
+type Started = Option<(u32, SessionHandle, Start)>;
 
 async fn handle_upload<S: SessionStarter>(
     ctx: &ChannelCtx<S>,
@@ -655,7 +680,20 @@ fn start_session<S: SessionStarter>(
         spec.limits.target_bps,
         spec.policy,
     );
-    (msg, Some((session, handle)))
+    let logged = Start {
+        session,
+        peer: ctx.peer.to_string(),
+        user: ctx.user.clone(),
+        direction: match spec.role {
+            Role::Receiver => "upload",
+            Role::Sender => "download",
+        },
+        files: spec.files.len(),
+        bytes: total,
+        target_bps: spec.limits.target_bps,
+        policy: spec.policy.to_string(),
+    };
+    (msg, Some((session, handle, logged)))
 }
 
 fn fresh_session() -> Result<(u32, [u8; 32]), ErrorMsg> {

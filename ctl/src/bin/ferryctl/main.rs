@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use clap::{ArgGroup, Parser, Subcommand};
 use ferry_ctl::{
-    Caps, Command, DEFAULT_SOCKET, MAX_RESPONSE, POLICIES, Payload, Request, Response, Session,
-    Status, encode_line, human_bytes, human_rate, parse_rate,
+    Caps, Command, DEFAULT_SOCKET, LaneStats, MAX_RESPONSE, POLICIES, Payload, Request, Response,
+    Session, Status, encode_line, human_bytes, human_rate, parse_rate,
 };
 
 /// How long ferryd gets to answer one request.
@@ -77,6 +77,9 @@ enum Cmd {
         /// Session id.
         id: u32,
     },
+    /// Counters and latency percentiles (feedback RTT, queueing delay, disk read and
+    /// write) of each data lane, that is each core.
+    Stats,
     /// Show the host-wide caps, or set them ("none" lifts one); every session on every
     /// core gets its new share within a second.
     Caps {
@@ -216,6 +219,16 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 write!(out, "{}", caps_text(&c))?;
             }
         }
+        Cmd::Stats => {
+            let Payload::Stats { lanes } = conn.call(Command::Stats)? else {
+                bail!("ferryd answered stats with something else");
+            };
+            if cli.json {
+                print_json(&mut out, &serde_json::json!({ "lanes": lanes }))?;
+            } else {
+                write!(out, "{}", stats_text(&lanes))?;
+            }
+        }
         Cmd::Top { .. } => unreachable!("handled above"),
     }
     out.flush()?;
@@ -318,7 +331,7 @@ fn duration_text(secs: f64) -> String {
 }
 
 fn status_text(s: &Status) -> String {
-    format!(
+    let mut out = format!(
         "ferryd {} (pid {}), up {}\n\
          tcp {}  udp {}  ctl {}\n\
          sessions {} ({} sending, {} receiving)\n\
@@ -339,11 +352,76 @@ fn status_text(s: &Status) -> String {
         cap_text(s.caps.inbound_bps),
         cap_text(s.caps.outbound_bps),
         cap_text(s.caps.background_bps),
-    )
+    );
+    for l in &s.lanes {
+        let core = l
+            .core
+            .map_or_else(|| "unpinned".into(), |c| format!("core {c}"));
+        let ids: Vec<String> = l.sessions.iter().map(u32::to_string).collect();
+        let ids = if ids.is_empty() {
+            "no sessions".into()
+        } else {
+            ids.join(" ")
+        };
+        out += &format!("{core}: udp port {}, {ids}\n", l.port);
+    }
+    out
 }
 
 fn cap_text(cap: Option<u64>) -> String {
     cap.map_or_else(|| "none".into(), human_rate)
+}
+
+fn stats_text(lanes: &[LaneStats]) -> String {
+    let mut out = String::new();
+    for l in lanes {
+        let core = l
+            .core
+            .map_or_else(|| "unpinned".into(), |c| format!("core {c}"));
+        let busy = l.busy_s * 100.0 / l.uptime_s.max(1e-9);
+        out += &format!(
+            "{core}, udp port {}: busy {busy:.1}% of {}\n  sessions {} started, {} ended ({} failed); sent {}, received {}, re-sent {}\n",
+            l.port,
+            duration_text(l.uptime_s),
+            l.sessions_started,
+            l.sessions_ended,
+            l.sessions_failed,
+            human_bytes(l.bytes_sent),
+            human_bytes(l.bytes_received),
+            human_bytes(l.retransmitted_bytes),
+        );
+        if !l.drops.is_empty() {
+            let drops: Vec<String> = l.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            out += &format!("  drops: {}\n", drops.join(", "));
+        }
+        out += &format!(
+            "  {:<13} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
+            "latency", "count", "p50", "p90", "p99", "p99.9", "max"
+        );
+        for p in &l.latencies {
+            out += &format!(
+                "  {:<13} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
+                p.name,
+                p.count,
+                micros(p.p50_us),
+                micros(p.p90_us),
+                micros(p.p99_us),
+                micros(p.p999_us),
+                micros(p.max_us)
+            );
+        }
+    }
+    out
+}
+
+/// Microseconds as people read them.
+fn micros(us: u64) -> String {
+    match us {
+        0 => "-".into(),
+        1..1_000 => format!("{us} µs"),
+        1_000..1_000_000 => format!("{:.2} ms", us as f64 / 1e3),
+        _ => format!("{:.2} s", us as f64 / 1e6),
+    }
 }
 
 fn caps_text(c: &Caps) -> String {

@@ -175,6 +175,11 @@ impl Bench {
         let got = fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
         let note = if ok && got == self.bytes {
             "wall time incl. connection set-up".to_string()
+        } else if secs < self.limit.as_secs_f64() {
+            format!(
+                "failed after {secs:.1} s, {:.0} % arrived",
+                got as f64 * 100.0 / self.bytes as f64
+            )
         } else {
             format!(
                 "stopped at {:.0} s limit, {:.0} % arrived",
@@ -367,7 +372,8 @@ impl Bench {
             format!(
                 "Port 2222\nListenAddress {B_IP}\nHostKey {d}/ssh_host_key\nAuthorizedKeysFile {d}/id.pub\n\
                  PermitRootLogin prohibit-password\nPasswordAuthentication no\nUsePAM no\n\
-                 StrictModes no\nPidFile {d}/sshd.pid\n",
+                 StrictModes no\nPidFile {d}/sshd.pid\n\
+                 Subsystem sftp /usr/lib/openssh/sftp-server\n",
                 d = self.dir.display()
             ),
         )?;
@@ -421,7 +427,8 @@ pub fn run(args: WanArgs) -> Result<()> {
     eprintln!("==> building ferryd and ferry (release)");
     let st = Command::new(env!("CARGO"))
         .current_dir(&root)
-        .args(["build", "--release", "-q", "-p", "ferry-engine", "--bins"])
+        // The same build as the acceptance scripts', so neither relinks the other's binaries.
+        .args(["build", "--release", "-q", "--bins"])
         .status()?;
     if !st.success() {
         bail!("cargo build failed");

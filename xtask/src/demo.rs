@@ -28,7 +28,8 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
-fn run(cmd: &mut Command) -> Result<String> {
+/// Runs `cmd` to completion; its stdout, or an error with everything it printed.
+pub fn run_checked(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
     if !out.status.success() {
         bail!(
@@ -126,7 +127,7 @@ impl Loopback {
     pub fn start(base: &Path) -> Result<Loopback> {
         let root = root();
         eprintln!("==> building ferryd and ferry (release)");
-        run(Command::new(env!("CARGO")).current_dir(&root).args([
+        run_checked(Command::new(env!("CARGO")).current_dir(&root).args([
             "build",
             "--release",
             "-q",
@@ -139,11 +140,13 @@ impl Loopback {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
         let srv = dir.join("srv");
-        run(Command::new(bin.join("ferryd")).arg("init").arg(&srv))?;
+        run_checked(Command::new(bin.join("ferryd")).arg("init").arg(&srv))?;
         let key = dir.join("id_ed25519");
-        run(Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "demo", "-f"])
-            .arg(&key))
+        run_checked(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "demo", "-f"])
+                .arg(&key),
+        )
         .context("ssh-keygen (package openssh-client) makes the key")?;
         let public = fs::read_to_string(key.with_extension("pub"))?;
         fs::OpenOptions::new()

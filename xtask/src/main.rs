@@ -3,6 +3,8 @@
 mod bench;
 mod ci;
 mod demo;
+mod lab;
+mod wan;
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +30,11 @@ enum Task {
         #[command(subcommand)]
         which: Bench,
     },
+    /// The WAN lab: two network namespaces joined through ferry's link emulator.
+    Lab {
+        #[command(subcommand)]
+        cmd: lab::Lab,
+    },
     /// A real transfer on loopback: build, start a ferryd, send a file up and back.
     Demo {
         /// Size of the file, MiB.
@@ -50,6 +57,8 @@ enum Bench {
         #[arg(long, default_value = "aes128")]
         cipher: String,
     },
+    /// ferry beside iperf3, scp, rsync and uftp across emulated WAN paths (`cargo xtask lab`).
+    Wan(wan::WanArgs),
 }
 
 #[derive(clap::Args)]
@@ -239,6 +248,7 @@ fn main() -> Result<()> {
         Task::Ci => ci::run(),
         Task::Sim(a) => sim(a),
         Task::Demo { size_mib } => demo::run_demo(size_mib),
+        Task::Lab { cmd } => lab::run(cmd),
         Task::Bench {
             which:
                 Bench::Loopback {
@@ -247,5 +257,8 @@ fn main() -> Result<()> {
                     cipher,
                 },
         } => bench::loopback(size_mib, runs, &cipher),
+        Task::Bench {
+            which: Bench::Wan(args),
+        } => wan::run(args),
     }
 }

@@ -1064,3 +1064,40 @@ fn a_session_is_in_the_transfer_log_stats_and_metrics() {
     let status = ctl_json(&s, &["status"]);
     assert!(!status["lanes"].as_array().unwrap().is_empty(), "{status}");
 }
+
+#[test]
+fn cancel_ends_a_transfer_and_leaves_the_partial_for_a_resume() {
+    let _ = ferryctl();
+    let mut s = Server::start();
+    let size = 64 * MIB;
+    let src = s.dir("src").join("cut.bin");
+    write_random_file(&src, size, 0xCA7);
+    let cmd = s.ferry_cmd(
+        "send",
+        &[
+            OsStr::new("-l"),
+            OsStr::new("100m"),
+            OsStr::new("--policy"),
+            OsStr::new("fixed"),
+            src.as_os_str(),
+            OsStr::new(&s.remote("/")),
+        ],
+    );
+    let mut ferry = s.spawn_ferry(&cmd);
+    let x = wait_for_running_session(&s, &mut ferry);
+    let id = u64_of(&x, "id").to_string();
+    thread::sleep(Duration::from_millis(800));
+    let out = ctl_json(&s, &["cancel", &id]);
+    assert_eq!(out["ok"], true, "{out}");
+    let run = ferry.wait(Duration::from_secs(30));
+    assert_ne!(run.code(), None, "a cancelled transfer fails: {}", run.describe());
+    assert_ne!(run.code(), Some(0), "{}", run.describe());
+    // The receiver keeps what it has under the partial name; the final name never appears.
+    let partial = s.docroot.join("cut.bin.partial");
+    let kept = fs::metadata(&partial)
+        .unwrap_or_else(|e| panic!("no {} after cancel ({e}): {}", partial.display(), run.describe()))
+        .len();
+    assert!(kept > 0, "an empty partial");
+    assert!(!s.docroot.join("cut.bin").exists(), "the final name exists after cancel");
+    s.assert_alive("after cancel");
+}

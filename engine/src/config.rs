@@ -114,6 +114,8 @@ pub struct FerrydConfig {
     pub transfer_log: PathBuf,
     /// Where to serve Prometheus metrics (`"127.0.0.1:9464"`); off when absent.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// ferryd's own log on stderr: `text` or `json`.
+    pub log_format: crate::logging::LogFormat,
 }
 
 /// Host-wide caps in bits per second (`"300m"` in the file); absent or `"none"`: uncapped.
@@ -162,6 +164,7 @@ impl Default for FerrydConfig {
             caps: CapsConfig::default(),
             transfer_log: PathBuf::from("transfers.log"),
             metrics_listen: None,
+            log_format: crate::logging::LogFormat::Text,
         }
     }
 }
@@ -352,6 +355,7 @@ cores = []                # one pinned data thread per core; empty: every availa
 ctl_socket = "/run/ferry/ctl.sock"
 transfer_log = "transfers.log"  # one line per session start and end; "" for none
 # metrics_listen = "127.0.0.1:9464"  # Prometheus text metrics at /metrics (off by default)
+log_format = "text"       # ferryd's log on stderr: text | json (RUST_LOG filters it)
 
 # Host-wide caps, shared by every session on every core ("none": uncapped);
 # `ferryctl caps` changes them while ferryd runs.

@@ -216,7 +216,7 @@ fn accept_loop(listener: UnixListener, shared: Arc<Shared>, stop: Arc<AtomicBool
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 // Out of descriptors and the like: back off rather than spin.
-                eprintln!("ferryd: ctl: accept failed: {e}");
+                tracing::warn!("ctl: accept failed: {e}");
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
@@ -285,7 +285,7 @@ fn accept(stream: UnixStream, shared: &Arc<Shared>) {
         });
     if let Err(e) = spawned {
         shared.connections.fetch_sub(1, Ordering::AcqRel);
-        eprintln!("ferryd: ctl: cannot start a connection thread: {e}");
+        tracing::warn!("ctl: cannot start a connection thread: {e}");
     }
 }
 
@@ -297,9 +297,11 @@ fn permitted(stream: &UnixStream, shared: &Shared) -> Result<u32, String> {
     if cred.uid == 0 || cred.uid == shared.owner {
         return Ok(cred.uid);
     }
-    eprintln!(
-        "ferryd: ctl: refused uid {} (pid {}): only root and uid {} may control ferryd",
-        cred.uid, cred.pid, shared.owner
+    tracing::warn!(
+        "ctl: refused uid {} (pid {}): only root and uid {} may control ferryd",
+        cred.uid,
+        cred.pid,
+        shared.owner
     );
     Err(format!(
         "permission denied: uid {} may not control this ferryd (only root and uid {}, \
@@ -466,14 +468,14 @@ fn handle(shared: &Shared, uid: u32, req: Request) -> Response {
             set(&mut settings.background_bps, background_bps);
             if settings != caps.settings() {
                 caps.set(settings);
-                eprintln!("ferryd: ctl (uid {uid}): caps {settings:?}");
+                tracing::info!("ctl (uid {uid}): caps {settings:?}");
             }
             return Response::Ok(Payload::Caps(caps_row(shared, &data.sessions())));
         }
     };
     match data.control(id, op) {
         Ok(()) => {
-            eprintln!("ferryd: ctl (uid {uid}): session {id}: {what}");
+            tracing::info!("ctl (uid {uid}): session {id}: {what}");
             Response::Ok(Payload::Done)
         }
         Err(message) => {
@@ -494,7 +496,7 @@ fn handle(shared: &Shared, uid: u32, req: Request) -> Response {
                 ),
                 _ => message,
             };
-            eprintln!("ferryd: ctl (uid {uid}): session {id}: {what}: refused: {message}");
+            tracing::warn!("ctl (uid {uid}): session {id}: {what}: refused: {message}");
             Response::error(code, message)
         }
     }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod ctl_server;
 pub mod data;
+pub mod logging;
 pub mod metrics;
 pub mod paths;
 pub mod stats;

@@ -1090,14 +1090,28 @@ fn cancel_ends_a_transfer_and_leaves_the_partial_for_a_resume() {
     let out = ctl_json(&s, &["cancel", &id]);
     assert_eq!(out["ok"], true, "{out}");
     let run = ferry.wait(Duration::from_secs(30));
-    assert_ne!(run.code(), None, "a cancelled transfer fails: {}", run.describe());
+    assert_ne!(
+        run.code(),
+        None,
+        "a cancelled transfer fails: {}",
+        run.describe()
+    );
     assert_ne!(run.code(), Some(0), "{}", run.describe());
     // The receiver keeps what it has under the partial name; the final name never appears.
     let partial = s.docroot.join("cut.bin.partial");
     let kept = fs::metadata(&partial)
-        .unwrap_or_else(|e| panic!("no {} after cancel ({e}): {}", partial.display(), run.describe()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "no {} after cancel ({e}): {}",
+                partial.display(),
+                run.describe()
+            )
+        })
         .len();
     assert!(kept > 0, "an empty partial");
-    assert!(!s.docroot.join("cut.bin").exists(), "the final name exists after cancel");
+    assert!(
+        !s.docroot.join("cut.bin").exists(),
+        "the final name exists after cancel"
+    );
     s.assert_alive("after cancel");
 }

@@ -108,6 +108,7 @@ fn run(
         );
     }
 
+    ferry_engine::logging::init(config.log_format);
     let udp = SocketAddr::new(config.listen, config.udp_port);
     // One data thread per core, pinned, each with its own UDP socket (the first on the
     // configured port, the others on free ports told to clients over SSH).

@@ -92,8 +92,8 @@ impl ServerHandle {
         let stop = self.stop.clone();
         self.runtime.spawn(async move {
             tokio::select! {
-                _ = term.recv() => eprintln!("ferryd: SIGTERM: shutting down"),
-                _ = int.recv() => eprintln!("ferryd: SIGINT: shutting down"),
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
             }
             stop.send_replace(true);
         });
@@ -218,7 +218,7 @@ async fn accept_loop<S: SessionStarter>(
                         let session = match russh::server::run_stream(ssh, sock, handler).await {
                             Ok(s) => s,
                             Err(e) => {
-                                eprintln!("ferryd: {peer}: SSH handshake failed: {e}");
+                                tracing::warn!("{peer}: SSH handshake failed: {e}");
                                 return;
                             }
                         };
@@ -227,7 +227,7 @@ async fn accept_loop<S: SessionStarter>(
                             r = session => if let Err(e) = r
                                 && !quiet_end(&e)
                             {
-                                eprintln!("ferryd: {peer}: connection ended: {e}");
+                                tracing::warn!("{peer}: connection ended: {e}");
                             },
                             _ = stopped(&mut stop) => {
                                 // Let the channel tasks send their last message first.
@@ -245,7 +245,7 @@ async fn accept_loop<S: SessionStarter>(
                 }
                 Err(e) => {
                     // Out of descriptors and the like: back off instead of spinning.
-                    eprintln!("ferryd: accept failed: {e}");
+                    tracing::warn!("accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
@@ -293,10 +293,7 @@ impl<S: SessionStarter> ConnHandler<S> {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
             Err(e) => {
-                eprintln!(
-                    "ferryd: cannot read {}: {e}",
-                    config.authorized_keys.display()
-                );
+                tracing::warn!("cannot read {}: {e}", config.authorized_keys.display());
                 String::new()
             }
         };
@@ -306,14 +303,14 @@ impl<S: SessionStarter> ConnHandler<S> {
         if !ok && log {
             let fp = super::known_hosts::fingerprint(key);
             if users.is_empty() {
-                eprintln!(
-                    "ferryd: {}: key {fp} for user {user:?} is not in {} nor in [users]",
+                tracing::info!(
+                    "{}: key {fp} for user {user:?} is not in {} nor in [users]",
                     self.peer,
                     config.authorized_keys.display()
                 );
             } else {
-                eprintln!(
-                    "ferryd: {}: key {fp} logs in as {} only, not as {user:?}",
+                tracing::info!(
+                    "{}: key {fp} logs in as {} only, not as {user:?}",
                     self.peer,
                     users.join(", ")
                 );
@@ -344,8 +341,8 @@ impl<S: SessionStarter> russh::server::Handler for ConnHandler<S> {
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         if self.authorized(user, key.public_key, true) {
-            eprintln!(
-                "ferryd: {}: user {user} logged in with key {}",
+            tracing::info!(
+                "{}: user {user} logged in with key {}",
                 self.peer,
                 super::known_hosts::fingerprint(key.public_key)
             );
@@ -490,9 +487,12 @@ async fn run_channel<S: SessionStarter>(mut channel: Channel<Msg>, ctx: ChannelC
     };
     let refused = matches!(reply, ServerMsg::Error(_));
     if let ServerMsg::Error(e) = &reply {
-        eprintln!(
-            "ferryd: {} ({}): refused: {} (code {})",
-            ctx.peer, ctx.user, e.message, e.code
+        tracing::warn!(
+            "{} ({}): refused: {} (code {})",
+            ctx.peer,
+            ctx.user,
+            e.message,
+            e.code
         );
     }
     if !send(&channel, &reply).await || refused {
@@ -531,8 +531,8 @@ async fn run_channel<S: SessionStarter>(mut channel: Channel<Msg>, ctx: ChannelC
             },
             m = channel.wait(), if !client_gone => match m {
                 Some(ChannelMsg::Close) | None => {
-                    eprintln!(
-                        "ferryd: {} ({}): session {session}: the client closed the control \
+                    tracing::info!(
+                        "{} ({}): session {session}: the client closed the control \
                          channel",
                         ctx.peer, ctx.user
                     );
@@ -551,12 +551,20 @@ async fn run_channel<S: SessionStarter>(mut channel: Channel<Msg>, ctx: ChannelC
     ended.error = done.error().map(|(c, m)| (c.code(), m));
     ctx.shared.log.end(&logged, &ended);
     match done.error() {
-        None => eprintln!(
-            "ferryd: {} ({}): session {session} done: {} bytes",
+        None => tracing::info!(
+            session,
+            peer = %ctx.peer,
+            user = %ctx.user,
+            bytes = done.bytes,
+            "{} ({}): session {session} done: {} bytes",
             ctx.peer, ctx.user, done.bytes
         ),
-        Some((code, msg)) => eprintln!(
-            "ferryd: {} ({}): session {session} failed: {msg} (code {})",
+        Some((code, msg)) => tracing::warn!(
+            session,
+            peer = %ctx.peer,
+            user = %ctx.user,
+            code = code.code(),
+            "{} ({}): session {session} failed: {msg} (code {})",
             ctx.peer,
             ctx.user,
             code.code()
@@ -667,8 +675,13 @@ fn start_session<S: SessionStarter>(
     };
     let msg = reply(ready, &prepared);
     let total: u64 = spec.files.iter().map(|f| f.size).sum();
-    eprintln!(
-        "ferryd: {} ({}): session {session}: {} {} files, {total} bytes, {} at {} bit/s ({})",
+    tracing::info!(
+        session,
+        peer = %ctx.peer,
+        user = %ctx.user,
+        files = spec.files.len(),
+        bytes = total,
+        "{} ({}): session {session}: {} {} files, {total} bytes, {} at {} bit/s ({})",
         ctx.peer,
         ctx.user,
         match spec.role {

@@ -188,7 +188,7 @@ fn main() -> ExitCode {
                     o.files,
                     human_bytes(o.bytes),
                     elapsed,
-                    ferry_engine::config::format_rate(rate)
+                    ferry_ctl::human_rate(rate)
                 );
             }
             ExitCode::SUCCESS
@@ -554,8 +554,9 @@ fn run_session(
 ) -> Result<SessionReport, Failure> {
     let id = spec.session;
     let handle = plane.start_session(spec);
-    let bar = !json && std::io::stderr().is_terminal();
-    let mut last = (Instant::now(), 0u64);
+    let bar = (!json && std::io::stderr().is_terminal()).then(progress_bar);
+    let started = Instant::now();
+    let mut last = (started, 0u64);
     loop {
         // Changes the server's operator relays (ferryctl on an upload, whose sender is
         // here) are applied at once; waiting for them is also part of this loop's pause.
@@ -582,8 +583,8 @@ fn run_session(
         // Progress at least once a second (the contract); more often makes a smoother bar.
         match handle.report.recv_timeout(Duration::from_millis(180)) {
             Ok(report) => {
-                if bar {
-                    eprintln!();
+                if let Some(b) = &bar {
+                    b.finish();
                 }
                 return Ok(report);
             }
@@ -599,8 +600,8 @@ fn run_session(
             // A sending session tells its receiver at once; a receiving one lets the
             // sender time out. Incomplete files stay NAME.partial either way.
             let _ = plane.control(id, data::SessionOp::Cancel);
-            if bar {
-                eprintln!();
+            if let Some(b) = &bar {
+                b.abandon();
             }
             return Err(Failure(
                 ErrorCode::Interrupted,
@@ -615,26 +616,29 @@ fn run_session(
         let rate = ((bytes.saturating_sub(last.1)) as f64 * 8.0 / dt.max(1e-3)) as u64;
         last = (now, bytes);
         if json {
+            let elapsed = now.duration_since(started).as_secs_f64();
             println!(
                 "{}",
-                serde_json::json!({"event": "progress", "bytes": bytes, "total": total, "rate_bps": rate})
+                serde_json::json!({"event": "progress", "bytes": bytes, "total": total,
+                    "rate_bps": rate, "elapsed_s": elapsed})
             );
             let _ = std::io::stdout().flush();
-        } else if bar {
-            let pct = if total > 0 {
-                bytes as f64 * 100.0 / total as f64
-            } else {
-                100.0
-            };
-            eprint!(
-                "\r{:5.1}%  {} / {}  {:>12}   ",
-                pct,
-                human_bytes(bytes),
-                human_bytes(total),
-                ferry_engine::config::format_rate(rate)
-            );
+        } else if let Some(b) = &bar {
+            b.set_length(total);
+            b.set_position(bytes);
+            b.set_message(ferry_ctl::human_rate(rate));
         }
     }
+}
+
+/// The terminal's progress bar: bytes, rate, time left.
+fn progress_bar() -> indicatif::ProgressBar {
+    let style = indicatif::ProgressStyle::with_template(
+        "{bar:30.cyan/blue} {percent:>3}%  {bytes}/{total_bytes}  {msg:>12}  eta {eta}",
+    )
+    .expect("a valid template")
+    .progress_chars("=> ");
+    indicatif::ProgressBar::new(0).with_style(style)
 }
 
 fn human_bytes(b: u64) -> String {

@@ -16,6 +16,7 @@ pub mod blockset;
 pub mod crypto;
 pub mod error;
 pub mod manifest;
+pub mod plan;
 pub mod receiver;
 pub mod replay;
 pub mod sender;

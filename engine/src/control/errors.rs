@@ -287,6 +287,29 @@ impl ErrorCode {
     }
 }
 
+/// The error catalogue as Markdown: every code, its name, what it means and what to do.
+/// `docs/errors.md` is this text; a test fails when the two differ, so it cannot drift.
+pub fn catalogue() -> String {
+    let mut out = String::from(
+        "# ferry's errors\n\n\
+         Every failure ferry and ferryd report carries a stable number (for scripts: the \
+         `code` field of `--json` output, never reused or renumbered), a name, a one-line \
+         message and a recommended action. Generated from `engine/src/control/errors.rs` \
+         by `FERRY_BLESS=1 cargo test -p ferry-engine --test errors_doc`.\n\n\
+         | code | name | meaning | what to do |\n|---:|---|---|---|\n",
+    );
+    for c in ErrorCode::ALL {
+        out.push_str(&format!(
+            "| {} | `{}` | {} | {} |\n",
+            c.code(),
+            c.name(),
+            c.message(),
+            c.action()
+        ));
+    }
+    out
+}
+
 impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

@@ -231,7 +231,7 @@ pub struct LaneStats {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LatencyStats {
-    /// `feedback_rtt`, `queue_delay`, `disk_read` or `disk_write`.
+    /// `feedback_rtt`, `queue_delay`, `disk_read`, `disk_write` or `block_delivery`.
     pub name: String,
     /// Values recorded.
     pub count: u64,

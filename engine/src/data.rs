@@ -872,6 +872,9 @@ impl Session {
                         stats.record(Latency::QueueDelay, q);
                     }
                 }
+                for d in s.drain_delivery_latencies() {
+                    stats.record(Latency::BlockDelivery, d);
+                }
                 None
             }
             Machine::Recv(r, _) => r.handle_datagram(now, datagram),

@@ -21,15 +21,19 @@ pub enum Latency {
     DiskRead,
     /// One positioned write of a block into `NAME.partial`.
     DiskWrite,
+    /// A block's first departure until the receiver held it and all before it (sampled,
+    /// sending side).
+    BlockDelivery,
 }
 
 impl Latency {
     /// Every kind, in display order.
-    pub const ALL: [Latency; 4] = [
+    pub const ALL: [Latency; 5] = [
         Latency::FeedbackRtt,
         Latency::QueueDelay,
         Latency::DiskRead,
         Latency::DiskWrite,
+        Latency::BlockDelivery,
     ];
 
     /// Stable name for scripts and metrics.
@@ -39,6 +43,7 @@ impl Latency {
             Latency::QueueDelay => "queue_delay",
             Latency::DiskRead => "disk_read",
             Latency::DiskWrite => "disk_write",
+            Latency::BlockDelivery => "block_delivery",
         }
     }
 }

@@ -198,6 +198,11 @@ struct Ready {
     origin: Origin,
 }
 
+/// One block in this many has its delivery latency measured.
+pub const DELIVERY_SAMPLE: u64 = 64;
+/// Delivery latencies kept between two [`Sender::drain_delivery_latencies`] calls.
+pub const MAX_DELIVERY_SAMPLES: usize = 4096;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     Sending,
@@ -245,6 +250,11 @@ pub struct Sender<A: Aead = DefaultAead> {
     /// repeats every NACK in a few feedbacks (feedback is lost too); a NACK that arrives
     /// within half a round trip of a re-send is such a repeat, not a new loss.
     resent_at: std::collections::BTreeMap<u64, Timestamp>,
+    /// Every [`DELIVERY_SAMPLE`]th block and when it first left, until the receiver's
+    /// cumulative point passes it.
+    delivery_marks: VecDeque<(u64, Timestamp)>,
+    /// Delivery latencies measured and not yet drained.
+    delivery_latencies: Vec<Duration>,
     free_slots: Vec<u32>,
     ready_urgent: VecDeque<Ready>,
     ready_new: VecDeque<Ready>,
@@ -304,6 +314,8 @@ impl<A: Aead> Sender<A> {
             resend_pending: HashSet::new(),
             copies: VecDeque::new(),
             resent_at: Default::default(),
+            delivery_marks: VecDeque::new(),
+            delivery_latencies: Vec::new(),
             free_slots: (0..cfg.read_ahead.max(1)).rev().collect(),
             ready_urgent: VecDeque::new(),
             ready_new: VecDeque::new(),
@@ -327,6 +339,15 @@ impl<A: Aead> Sender<A> {
             manifest,
             cfg,
         }
+    }
+
+    /// Block delivery latencies measured since the last call: for a sample of blocks (every
+    /// [`DELIVERY_SAMPLE`]th), the time from its first departure until the receiver held
+    /// it and every block before it (its cumulative point passed it), as this side's clock
+    /// tells. Loss recovery and queueing show up here; at most [`MAX_DELIVERY_SAMPLES`] are
+    /// kept between calls.
+    pub fn drain_delivery_latencies(&mut self) -> std::vec::Drain<'_, Duration> {
+        self.delivery_latencies.drain(..)
     }
 
     /// Draws from a host-wide cap from now on.
@@ -486,6 +507,15 @@ impl<A: Aead> Sender<A> {
                 self.resend_pending.remove(&b);
             }
             self.resent_at = self.resent_at.split_off(&cum);
+            while let Some(&(b, sent)) = self.delivery_marks.front() {
+                if b >= cum {
+                    break;
+                }
+                self.delivery_marks.pop_front();
+                if self.delivery_latencies.len() < MAX_DELIVERY_SAMPLES {
+                    self.delivery_latencies.push(now.saturating_since(sent));
+                }
+            }
         }
         let highest = fb.highest_block.min(self.sent_frontier);
         if highest > self.highest {
@@ -716,6 +746,9 @@ impl<A: Aead> Sender<A> {
         match ready.origin {
             Origin::New => {
                 self.stats.new_bytes += u64::from(block.len);
+                if ready.block.is_multiple_of(DELIVERY_SAMPLE) {
+                    self.delivery_marks.push_back((ready.block, now));
+                }
                 self.sent_frontier = self.sent_frontier.max(ready.block + 1);
                 if ready.block + 1 == self.manifest.total_blocks() {
                     // Nothing follows the final block to reveal its loss: send copies.
@@ -896,6 +929,74 @@ impl<A: Aead> Sender<A> {
                 }
                 self.probe_deadline = Some(now + self.probe_timeout());
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod delivery_tests {
+    use super::*;
+    use crate::crypto::{Cipher, Direction};
+    use crate::{Receiver, ReceiverConfig};
+
+    /// A lossless session over an in-memory path with `one_way` delay each way, stepped
+    /// every 100 µs; returns the delivery latencies the sender measured.
+    fn lossless_session(one_way: Duration) -> Vec<Duration> {
+        let secret = [7u8; 32];
+        let manifest = Manifest::new(vec![4 << 20], 8192).unwrap();
+        let mut cfg = SenderConfig::new(1, Cipher::Aes128Gcm, secret, Direction::ClientToServer);
+        cfg.policy = Policy::Fixed;
+        cfg.limits = RateLimits::new(200_000_000, 0);
+        let mut s: Sender = Sender::new(cfg.clone(), manifest.clone(), Timestamp::ZERO);
+        let rcfg = ReceiverConfig::new(1, Cipher::Aes128Gcm, secret, Direction::ClientToServer);
+        let mut r: Receiver = Receiver::new(rcfg, manifest, Timestamp::ZERO);
+        let mut bufs = SlotBuffers::new(cfg.read_ahead, 8192, Cipher::Aes128Gcm.trailer_len());
+        let mut fb = vec![0u8; 2048];
+        // Datagrams in flight each way, with their arrival times.
+        let mut to_r: VecDeque<(Timestamp, Vec<u8>)> = VecDeque::new();
+        let mut to_s: VecDeque<(Timestamp, Vec<u8>)> = VecDeque::new();
+        let mut got = Vec::new();
+        let mut now = Timestamp::ZERO;
+        while !s.is_done() && now < Timestamp::from_nanos(10_000_000_000) {
+            while let Some(ev) = s.poll_event() {
+                if let SenderEvent::Read { slot, .. } = ev {
+                    s.handle_read_done(now, slot, Ok(()));
+                }
+            }
+            while let Some(tx) = s.poll_transmit(now, &mut bufs) {
+                to_r.push_back((now + one_way, bufs.bytes(&tx).to_vec()));
+            }
+            while to_r.front().is_some_and(|(t, _)| *t <= now) {
+                let (_, mut d) = to_r.pop_front().unwrap();
+                if r.handle_datagram(now, &mut d).is_some() {
+                    r.handle_write_done(now, Ok(()));
+                }
+            }
+            while let Some(len) = r.poll_transmit(now, &mut fb) {
+                to_s.push_back((now + one_way, fb[..len].to_vec()));
+            }
+            while to_s.front().is_some_and(|(t, _)| *t <= now) {
+                let (_, mut d) = to_s.pop_front().unwrap();
+                s.handle_datagram(now, &mut d);
+            }
+            got.extend(s.drain_delivery_latencies());
+            now += Duration::from_micros(100);
+        }
+        assert!(s.is_done(), "the session did not finish");
+        got
+    }
+
+    #[test]
+    fn delivery_latency_is_about_a_round_trip_without_loss() {
+        let got = lossless_session(Duration::from_millis(10));
+        // 512 blocks, one in 64 sampled.
+        assert!(got.len() >= 6, "{got:?}");
+        for d in &got {
+            // A round trip (20 ms) plus the feedback interval and pacing, never less.
+            assert!(
+                *d >= Duration::from_millis(20) && *d < Duration::from_millis(60),
+                "{got:?}"
+            );
         }
     }
 }

@@ -5,6 +5,7 @@
 //!   [`ferry_proto::Sender`] and [`ferry_proto::Receiver`].
 //! - [`control`]: the SSH control channel (russh): server inside `ferryd`, client in `ferry`.
 //! - [`config`], [`paths`]: ferryd's configuration, and confinement of users to their docroot.
+//! - [`resume`]: resume levels, overwrite policies and the checkpoints of partial files.
 #![warn(missing_docs)]
 
 pub mod config;
@@ -12,3 +13,4 @@ pub mod control;
 pub mod ctl_server;
 pub mod data;
 pub mod paths;
+pub mod resume;

@@ -1,0 +1,374 @@
+//! Resume and overwrite with real processes: transfers interrupted by kill -9 of either
+//! side resume from the checkpoint and send little more than what was missing; damaged
+//! checkpoints restart cleanly; each overwrite policy against existing files, both ways.
+
+#[allow(dead_code)]
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
+
+use common::{FerryRun, Server, first_difference, leftovers, write_random_file};
+use ferry_engine::resume::{checkpoint_path, partial_path, write_checkpoint};
+use ferry_proto::RangeSet;
+use ferry_proto::checkpoint::Checkpoint;
+
+const MIB: u64 = 1 << 20;
+
+/// The `file` events of a run, as `(path, action)`.
+fn file_events(run: &FerryRun) -> Vec<(String, String)> {
+    run.stdout
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "file")
+        .map(|v| {
+            (
+                v["path"].as_str().unwrap_or_default().to_string(),
+                v["action"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The `reason` of the first `file` event.
+fn first_reason(run: &FerryRun) -> String {
+    run.stdout
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "file")
+        .and_then(|v| v["reason"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn assert_same(src: &Path, got: &Path, what: &str, run: &FerryRun) {
+    if let Some(d) = first_difference(src, got) {
+        panic!("{what}: {d}\n{}", run.describe());
+    }
+}
+
+/// Starts an upload of `src` at 100 Mbit/s and kills it (or, with `kill_server`, ferryd)
+/// once more than `fraction` of it has arrived.
+fn interrupt_upload(s: &mut Server, src: &Path, fraction: f64, kill_server: bool) {
+    let size = fs::metadata(src).unwrap().len();
+    let args = s.ferry_cmd(
+        "send",
+        &[
+            "-k".as_ref(),
+            "1".as_ref(),
+            "-l".as_ref(),
+            "100m".as_ref(),
+            "--policy".as_ref(),
+            "fixed".as_ref(),
+            src.as_os_str(),
+            s.remote("/").as_ref(),
+        ],
+    );
+    let mut run = s.spawn_ferry(&args);
+    let past = |l: &str| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .ok()
+            .and_then(|v| v["bytes"].as_u64())
+            .is_some_and(|b| b as f64 > fraction * size as f64)
+    };
+    assert!(
+        run.wait_line(Duration::from_secs(60), past).is_some(),
+        "the upload never got past {fraction} of the file"
+    );
+    if kill_server {
+        s.kill9();
+        // The client notices the control connection is gone and fails at once.
+        let r = run.wait(Duration::from_secs(20));
+        assert!(!r.status.success(), "{}", r.describe());
+        assert_eq!(r.code(), Some(22), "{}", r.describe());
+        s.run();
+    } else {
+        run.kill9();
+    }
+    assert!(
+        !s.docroot.join("src.bin").exists(),
+        "complete name too early"
+    );
+    assert!(partial_path(&s.docroot.join("src.bin")).exists());
+}
+
+/// Resumes the upload of `src` with `-k 1` and checks the result.
+fn resume_upload(s: &mut Server, src: &Path, what: &str) -> FerryRun {
+    let size = fs::metadata(src).unwrap().len();
+    let run = s.send(&[
+        "-k".as_ref(),
+        "1".as_ref(),
+        src.as_os_str(),
+        s.remote("/").as_ref(),
+    ]);
+    s.assert_ok(&run, what);
+    assert_same(src, &s.docroot.join("src.bin"), what, &run);
+    assert_eq!(file_events(&run), [("src.bin".into(), "resumed".into())]);
+    assert_eq!(run.json_u64("resumed"), Some(1), "{}", run.describe());
+    let wire = run.json_u64("wire_bytes").unwrap();
+    let resumed = run.json_u64("resumed_bytes").unwrap();
+    assert!(resumed > size / 4, "{what}: only {resumed} bytes resumed");
+    assert!(
+        wire < size - resumed + size / 10,
+        "{what}: {wire} wire bytes for {} missing\n{}",
+        size - resumed,
+        run.describe()
+    );
+    assert_eq!(leftovers(&s.docroot), Vec::<String>::new(), "{what}");
+    run
+}
+
+#[test]
+fn upload_resumes_after_the_client_is_killed() {
+    let mut s = Server::start();
+    let src = s.dir("src").join("src.bin");
+    write_random_file(&src, 48 * MIB, 1);
+    interrupt_upload(&mut s, &src, 0.4, false);
+    // At once: ferryd hands the file from the dead client's session to the new one.
+    resume_upload(&mut s, &src, "resume after the client was killed");
+}
+
+#[test]
+fn upload_resumes_after_ferryd_is_killed() {
+    let mut s = Server::start();
+    let src = s.dir("src").join("src.bin");
+    write_random_file(&src, 64 * MIB, 2);
+    interrupt_upload(&mut s, &src, 0.6, true);
+    assert!(checkpoint_path(&s.docroot.join("src.bin")).exists());
+    resume_upload(&mut s, &src, "resume after ferryd was killed");
+}
+
+/// Puts `NAME.partial` (the source's first `upto` bytes, or junk there with `junk`) and a
+/// checkpoint naming those bytes next to `dest`.
+fn plant_partial(src: &Path, dest: &Path, upto: u64, junk: bool) -> Vec<u8> {
+    let data = fs::read(src).unwrap();
+    let mut partial = vec![0u8; data.len()];
+    if junk {
+        partial[..upto as usize].fill(0xEE);
+    } else {
+        partial[..upto as usize].copy_from_slice(&data[..upto as usize]);
+    }
+    fs::write(partial_path(dest), partial).unwrap();
+    let meta = fs::metadata(src).unwrap();
+    let ckpt = Checkpoint {
+        block_size: 8192,
+        size: meta.len(),
+        mtime: ferry_engine::data::mtime_of(&meta),
+        bytes: RangeSet::from_ranges(std::iter::once(0..upto)),
+    };
+    write_checkpoint(dest, &ckpt).unwrap();
+    ckpt.encode()
+}
+
+/// A checkpoint damaged in the named way.
+fn damage(what: &str, good: &[u8]) -> Vec<u8> {
+    match what {
+        "truncated" => good[..good.len() - 5].to_vec(),
+        "bit flip" => {
+            let mut b = good.to_vec();
+            b[50] ^= 0x10;
+            b
+        }
+        // Intact, but written for another version of the source.
+        "foreign" => {
+            let mut c = Checkpoint::decode(good).unwrap();
+            c.mtime.0 += 1;
+            c.encode()
+        }
+        "empty" => Vec::new(),
+        _ => unreachable!("{what}"),
+    }
+}
+
+#[test]
+fn damaged_or_foreign_checkpoints_restart_the_file_cleanly() {
+    let mut s = Server::start();
+    let src = s.dir("src").join("src.bin");
+    write_random_file(&src, 8 * MIB, 3);
+    let dest = s.docroot.join("src.bin");
+    for what in ["truncated", "bit flip", "foreign", "empty"] {
+        let good = plant_partial(&src, &dest, 6 * MIB, true);
+        let bytes = damage(what, &good);
+        fs::write(checkpoint_path(&dest), &bytes).unwrap();
+        let run = s.send(&[
+            "-k".as_ref(),
+            "1".as_ref(),
+            src.as_os_str(),
+            s.remote("/").as_ref(),
+        ]);
+        s.assert_ok(&run, what);
+        assert_same(&src, &dest, what, &run);
+        assert_eq!(
+            run.json_u64("resumed"),
+            Some(0),
+            "{what}: {}",
+            run.describe()
+        );
+        assert!(
+            first_reason(&run).starts_with("restarted"),
+            "{what}: {}",
+            run.describe()
+        );
+        assert!(run.json_u64("bytes").unwrap() >= 8 * MIB, "{what}");
+        assert_eq!(leftovers(&s.docroot), Vec::<String>::new(), "{what}");
+        fs::remove_file(&dest).unwrap();
+    }
+}
+
+#[test]
+fn level_0_sends_everything_and_level_1_only_the_rest() {
+    let mut s = Server::start();
+    let src = s.dir("src").join("src.bin");
+    write_random_file(&src, 8 * MIB, 4);
+    let dest = s.docroot.join("src.bin");
+
+    plant_partial(&src, &dest, 6 * MIB, false);
+    let run = s.send(&[
+        "-k".as_ref(),
+        "1".as_ref(),
+        src.as_os_str(),
+        s.remote("/").as_ref(),
+    ]);
+    s.assert_ok(&run, "-k 1");
+    assert_same(&src, &dest, "-k 1", &run);
+    // Whole blocks only: the partial block at the end of the held bytes is sent again.
+    let resumed = run.json_u64("resumed_bytes").unwrap();
+    assert!(
+        resumed <= 6 * MIB && resumed > 6 * MIB - 65_536,
+        "{}",
+        run.describe()
+    );
+    assert!(
+        run.json_u64("wire_bytes").unwrap() < 3 * MIB,
+        "{}",
+        run.describe()
+    );
+    fs::remove_file(&dest).unwrap();
+
+    plant_partial(&src, &dest, 6 * MIB, true);
+    let run = s.send(&[
+        "-k".as_ref(),
+        "0".as_ref(),
+        src.as_os_str(),
+        s.remote("/").as_ref(),
+    ]);
+    s.assert_ok(&run, "-k 0");
+    assert_same(&src, &dest, "-k 0", &run);
+    assert_eq!(file_events(&run), [("src.bin".into(), "sent".into())]);
+    assert!(run.json_u64("wire_bytes").unwrap() >= 8 * MIB);
+    assert_eq!(leftovers(&s.docroot), Vec::<String>::new());
+
+    // An identical complete file: skipped at -k 1 (diff), sent again at -k 0.
+    let run = s.send(&[
+        "-k".as_ref(),
+        "1".as_ref(),
+        src.as_os_str(),
+        s.remote("/").as_ref(),
+    ]);
+    s.assert_ok(&run, "identical at -k 1");
+    assert_eq!(file_events(&run), [("src.bin".into(), "skipped".into())]);
+    assert!(
+        run.json_u64("wire_bytes").unwrap() < 4096,
+        "{}",
+        run.describe()
+    );
+    let run = s.send(&[src.as_os_str(), s.remote("/").as_ref()]);
+    s.assert_ok(&run, "identical at -k 0");
+    assert_eq!(file_events(&run), [("src.bin".into(), "sent".into())]);
+}
+
+#[test]
+fn download_resumes_from_the_clients_checkpoint() {
+    let mut s = Server::start();
+    let src = s.docroot.join("src.bin");
+    write_random_file(&src, 8 * MIB, 5);
+    let back = s.dir("back");
+    let dest = back.join("src.bin");
+    plant_partial(&src, &dest, 5 * MIB, false);
+    let run = s.recv(&[
+        "-k".as_ref(),
+        "1".as_ref(),
+        s.remote("/src.bin").as_ref(),
+        back.as_os_str(),
+    ]);
+    s.assert_ok(&run, "download resume");
+    assert_same(&src, &dest, "download resume", &run);
+    assert_eq!(file_events(&run), [("src.bin".into(), "resumed".into())]);
+    let wire = run.json_u64("wire_bytes").unwrap();
+    assert!(wire < 4 * MIB, "{wire} wire bytes\n{}", run.describe());
+    assert_eq!(leftovers(&back), Vec::<String>::new());
+}
+
+/// Sets `path`'s contents and mtime (seconds).
+fn put(path: &Path, contents: &[u8], mtime: u64) {
+    fs::write(path, contents).unwrap();
+    let f = fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(UNIX_EPOCH + Duration::from_secs(mtime))
+        .unwrap();
+}
+
+#[test]
+fn overwrite_policies_against_existing_files_both_ways() {
+    let mut s = Server::start();
+    let here = s.dir("here");
+    let src = here.join("f.txt");
+    put(&src, b"the source, version two", 2_000_000_000);
+    let dest = s.docroot.join("f.txt");
+    // (policy, existing contents, existing mtime, sent?)
+    let same = (&b"the source, version two"[..], 2_000_000_000);
+    let older = (&b"version one"[..], 1_000_000_000);
+    let newer = (&b"version three, newer"[..], 2_100_000_000);
+    let cases = [
+        ("never", older, false),
+        ("always", same, true),
+        ("diff", same, false),
+        ("diff", older, true),
+        ("older", older, true),
+        ("older", newer, false),
+        ("diff+older", same, false),
+        ("diff+older", newer, false),
+        ("diff+older", older, true),
+    ];
+    for (policy, (contents, mtime), sent) in cases {
+        let what = format!("--overwrite {policy} over {contents:?}");
+        // Upload: ferryd decides.
+        put(&dest, contents, mtime);
+        let run = s.send(&[
+            "-k".as_ref(),
+            "1".as_ref(),
+            "--overwrite".as_ref(),
+            policy.as_ref(),
+            src.as_os_str(),
+            s.remote("/").as_ref(),
+        ]);
+        s.assert_ok(&run, &what);
+        let want = if sent { "sent" } else { "skipped" };
+        assert_eq!(file_events(&run), [("f.txt".into(), want.into())], "{what}");
+        let expect: &[u8] = if sent {
+            b"the source, version two"
+        } else {
+            contents
+        };
+        assert_eq!(fs::read(&dest).unwrap(), expect, "upload, {what}");
+        // Download: the client decides, the server's sender honours it.
+        let back = s.dir("back");
+        put(&back.join("f.txt"), contents, mtime);
+        put(&dest, b"the source, version two", 2_000_000_000);
+        let run = s.recv(&[
+            "-k".as_ref(),
+            "1".as_ref(),
+            "--overwrite".as_ref(),
+            policy.as_ref(),
+            s.remote("/f.txt").as_ref(),
+            back.as_os_str(),
+        ]);
+        s.assert_ok(&run, &what);
+        assert_eq!(file_events(&run), [("f.txt".into(), want.into())], "{what}");
+        assert_eq!(
+            fs::read(back.join("f.txt")).unwrap(),
+            expect,
+            "download, {what}"
+        );
+    }
+    assert_eq!(leftovers(&s.docroot), Vec::<String>::new());
+}

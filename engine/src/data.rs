@@ -357,6 +357,27 @@ impl DataPlane {
             .map_err(|_| "the data plane did not answer".to_string())?
     }
 
+    /// Ends every session at once (receiving ones checkpoint what they have) and waits up
+    /// to `wait` for the lanes to finish with them: ferryd's orderly shutdown.
+    pub fn abandon_all(&self, wait: Duration) {
+        let placed: Vec<u32> = match self.placement.lock() {
+            Ok(p) => p.keys().copied().collect(),
+            Err(_) => return,
+        };
+        for id in placed {
+            let _ = self.control(id, SessionOp::Abandon);
+        }
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline
+            && self
+                .lanes
+                .iter()
+                .any(|l| l.active.load(Ordering::Relaxed) > 0)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts a session on the least busy lane and returns its report channel, live
     /// progress and the UDP port the peer must use.
     pub fn start_session(&self, spec: SessionSpec) -> SessionHandle {

@@ -7,6 +7,7 @@ mod common;
 
 use std::fs;
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, UNIX_EPOCH};
 
 use common::{FerryRun, Server, first_difference, leftovers, write_random_file};
@@ -47,9 +48,20 @@ fn assert_same(src: &Path, got: &Path, what: &str, run: &FerryRun) {
     }
 }
 
-/// Starts an upload of `src` at 100 Mbit/s and kills it (or, with `kill_server`, ferryd)
-/// once more than `fraction` of it has arrived.
-fn interrupt_upload(s: &mut Server, src: &Path, fraction: f64, kill_server: bool) {
+/// How an upload is interrupted.
+#[derive(Clone, Copy, PartialEq)]
+enum Interrupt {
+    /// kill -9 of the client.
+    KillClient,
+    /// kill -9 of ferryd.
+    KillServer,
+    /// SIGTERM to ferryd: an orderly stop.
+    TermServer,
+}
+
+/// Starts an upload of `src` at 100 Mbit/s and interrupts it once more than `fraction` of
+/// it has arrived; ferryd runs again afterwards.
+fn interrupt_upload(s: &mut Server, src: &Path, fraction: f64, how: Interrupt) {
     let size = fs::metadata(src).unwrap().len();
     let args = s.ferry_cmd(
         "send",
@@ -75,15 +87,30 @@ fn interrupt_upload(s: &mut Server, src: &Path, fraction: f64, kill_server: bool
         run.wait_line(Duration::from_secs(60), past).is_some(),
         "the upload never got past {fraction} of the file"
     );
-    if kill_server {
-        s.kill9();
-        // The client notices the control connection is gone and fails at once.
-        let r = run.wait(Duration::from_secs(20));
-        assert!(!r.status.success(), "{}", r.describe());
-        assert_eq!(r.code(), Some(22), "{}", r.describe());
-        s.run();
-    } else {
-        run.kill9();
+    match how {
+        Interrupt::KillClient => run.kill9(),
+        Interrupt::KillServer | Interrupt::TermServer => {
+            if how == Interrupt::KillServer {
+                s.kill9();
+            } else {
+                let pid = s.pid().to_string();
+                let st = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+                assert!(st.success());
+                let status = s.child_mut().wait().unwrap();
+                assert_eq!(
+                    status.code(),
+                    Some(0),
+                    "ferryd after SIGTERM: {}",
+                    s.stderr()
+                );
+                s.kill9(); // reaps it
+            }
+            // The client notices the control connection is gone and fails at once.
+            let r = run.wait(Duration::from_secs(20));
+            assert!(!r.status.success(), "{}", r.describe());
+            assert_eq!(r.code(), Some(22), "{}", r.describe());
+            s.run();
+        }
     }
     assert!(
         !s.docroot.join("src.bin").exists(),
@@ -123,7 +150,7 @@ fn upload_resumes_after_the_client_is_killed() {
     let mut s = Server::start();
     let src = s.dir("src").join("src.bin");
     write_random_file(&src, 48 * MIB, 1);
-    interrupt_upload(&mut s, &src, 0.4, false);
+    interrupt_upload(&mut s, &src, 0.4, Interrupt::KillClient);
     // At once: ferryd hands the file from the dead client's session to the new one.
     resume_upload(&mut s, &src, "resume after the client was killed");
 }
@@ -133,9 +160,26 @@ fn upload_resumes_after_ferryd_is_killed() {
     let mut s = Server::start();
     let src = s.dir("src").join("src.bin");
     write_random_file(&src, 64 * MIB, 2);
-    interrupt_upload(&mut s, &src, 0.6, true);
+    interrupt_upload(&mut s, &src, 0.6, Interrupt::KillServer);
     assert!(checkpoint_path(&s.docroot.join("src.bin")).exists());
     resume_upload(&mut s, &src, "resume after ferryd was killed");
+}
+
+#[test]
+fn upload_resumes_after_ferryd_stops_on_sigterm() {
+    let mut s = Server::start();
+    let src = s.dir("src").join("src.bin");
+    write_random_file(&src, 32 * MIB, 6);
+    interrupt_upload(&mut s, &src, 0.3, Interrupt::TermServer);
+    // An orderly stop checkpoints everything that arrived: the resume sends the rest only.
+    let run = resume_upload(&mut s, &src, "resume after ferryd's SIGTERM");
+    let (resumed, wire) = (
+        run.json_u64("resumed_bytes").unwrap(),
+        run.json_u64("wire_bytes").unwrap(),
+    );
+    // Everything acknowledged before the signal (30 % at least) was kept.
+    assert!(resumed > 32 * MIB * 3 / 10 - MIB, "{}", run.describe());
+    assert!(wire < 32 * MIB - resumed + MIB, "{}", run.describe());
 }
 
 /// Puts `NAME.partial` (the source's first `upto` bytes, or junk there with `junk`) and a

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -131,7 +132,7 @@ fn run(
         udp: udp_addr,
         started,
     };
-    let ctl_server = ctl_server::serve(&ctl, data, info).context("control socket")?;
+    let ctl_server = ctl_server::serve(&ctl, data.clone(), info).context("control socket")?;
 
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -146,6 +147,8 @@ fn run(
     drop(out);
 
     server.wait();
+    // Sessions still running end here, so that what they received stays resumable.
+    data.abandon_all(Duration::from_secs(10));
     ctl_server.shutdown();
     eprintln!("ferryd: stopped");
     Ok(())

@@ -119,6 +119,12 @@ fn interrupt_upload(s: &mut Server, src: &Path, fraction: f64, how: Interrupt) {
     assert!(partial_path(&s.docroot.join("src.bin")).exists());
 }
 
+/// UDP payload bytes sent for the first time: re-sends (loopback drops under load) aside.
+fn first_sends(run: &FerryRun) -> u64 {
+    let wire = run.json_u64("wire_bytes").unwrap();
+    wire - run.json_u64("retransmitted_bytes").unwrap().min(wire)
+}
+
 /// Resumes the upload of `src` with `-k 1` and checks the result.
 fn resume_upload(s: &mut Server, src: &Path, what: &str) -> FerryRun {
     let size = fs::metadata(src).unwrap().len();
@@ -132,11 +138,11 @@ fn resume_upload(s: &mut Server, src: &Path, what: &str) -> FerryRun {
     assert_same(src, &s.docroot.join("src.bin"), what, &run);
     assert_eq!(file_events(&run), [("src.bin".into(), "resumed".into())]);
     assert_eq!(run.json_u64("resumed"), Some(1), "{}", run.describe());
-    let wire = run.json_u64("wire_bytes").unwrap();
+    let wire = first_sends(&run);
     let resumed = run.json_u64("resumed_bytes").unwrap();
     assert!(resumed > size / 4, "{what}: only {resumed} bytes resumed");
     assert!(
-        wire < size - resumed + size / 10,
+        wire < size - resumed + size / 20,
         "{what}: {wire} wire bytes for {} missing\n{}",
         size - resumed,
         run.describe()
@@ -173,10 +179,7 @@ fn upload_resumes_after_ferryd_stops_on_sigterm() {
     interrupt_upload(&mut s, &src, 0.3, Interrupt::TermServer);
     // An orderly stop checkpoints everything that arrived: the resume sends the rest only.
     let run = resume_upload(&mut s, &src, "resume after ferryd's SIGTERM");
-    let (resumed, wire) = (
-        run.json_u64("resumed_bytes").unwrap(),
-        run.json_u64("wire_bytes").unwrap(),
-    );
+    let (resumed, wire) = (run.json_u64("resumed_bytes").unwrap(), first_sends(&run));
     // Everything acknowledged before the signal (30 % at least) was kept.
     assert!(resumed > 32 * MIB * 3 / 10 - MIB, "{}", run.describe());
     assert!(wire < 32 * MIB - resumed + MIB, "{}", run.describe());
@@ -282,11 +285,7 @@ fn level_0_sends_everything_and_level_1_only_the_rest() {
         "{}",
         run.describe()
     );
-    assert!(
-        run.json_u64("wire_bytes").unwrap() < 3 * MIB,
-        "{}",
-        run.describe()
-    );
+    assert!(first_sends(&run) < 3 * MIB, "{}", run.describe());
     fs::remove_file(&dest).unwrap();
 
     plant_partial(&src, &dest, 6 * MIB, true);
@@ -338,8 +337,53 @@ fn download_resumes_from_the_clients_checkpoint() {
     s.assert_ok(&run, "download resume");
     assert_same(&src, &dest, "download resume", &run);
     assert_eq!(file_events(&run), [("src.bin".into(), "resumed".into())]);
-    let wire = run.json_u64("wire_bytes").unwrap();
+    let wire = first_sends(&run);
     assert!(wire < 4 * MIB, "{wire} wire bytes\n{}", run.describe());
+    assert_eq!(leftovers(&back), Vec::<String>::new());
+}
+
+#[test]
+fn download_resumes_after_the_client_is_killed() {
+    let mut s = Server::start();
+    let src = s.docroot.join("src.bin");
+    write_random_file(&src, 48 * MIB, 7);
+    let back = s.dir("back");
+    let args = |extra: &[&str]| {
+        let mut a: Vec<std::ffi::OsString> = vec!["-k".into(), "1".into()];
+        a.extend(extra.iter().map(|&x| x.into()));
+        a.push(s.remote("/src.bin").into());
+        a.push(back.clone().into());
+        s.ferry_cmd("recv", &a)
+    };
+    let slow = args(&["-l", "100m", "--policy", "fixed"]);
+    let again = args(&[]);
+    let mut run = s.spawn_ferry(&slow);
+    let past = |l: &str| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .ok()
+            .and_then(|v| v["bytes"].as_u64())
+            .is_some_and(|b| b > 48 * MIB * 6 / 10)
+    };
+    assert!(run.wait_line(Duration::from_secs(60), past).is_some());
+    // Nothing is flushed by a kill -9: the periodic checkpoint is what remains.
+    run.kill9();
+    assert!(checkpoint_path(&back.join("src.bin")).exists());
+    let run = s.ferry_raw(&again);
+    s.assert_ok(&run, "download resume after a kill");
+    assert_same(
+        &src,
+        &back.join("src.bin"),
+        "download resume after a kill",
+        &run,
+    );
+    assert_eq!(file_events(&run), [("src.bin".into(), "resumed".into())]);
+    let resumed = run.json_u64("resumed_bytes").unwrap();
+    assert!(resumed > 48 * MIB / 4, "{}", run.describe());
+    assert!(
+        first_sends(&run) < 48 * MIB - resumed + 2 * MIB,
+        "{}",
+        run.describe()
+    );
     assert_eq!(leftovers(&back), Vec::<String>::new());
 }
 

@@ -5,7 +5,8 @@
 //!   [`ferry_proto::Sender`] and [`ferry_proto::Receiver`].
 //! - [`control`]: the SSH control channel (russh): server inside `ferryd`, client in `ferry`.
 //! - [`config`], [`paths`]: ferryd's configuration, and confinement of users to their docroot.
-//! - [`resume`]: resume levels, overwrite policies and the checkpoints of partial files.
+//! - [`resume`]: resume levels, overwrite policies and the checkpoints of partial files;
+//!   [`sums`]: the source checksums levels 2 and 3 check against.
 #![warn(missing_docs)]
 
 pub mod config;
@@ -14,3 +15,4 @@ pub mod ctl_server;
 pub mod data;
 pub mod paths;
 pub mod resume;
+pub mod sums;

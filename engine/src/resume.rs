@@ -5,15 +5,14 @@
 //! file of a session, against what already lies at its destination:
 //!
 //! 1. An existing complete file `NAME` is kept or replaced by the overwrite policy
-//!    ([`Overwrite`]); "different" means another size or mtime, except at resume level 0,
-//!    where every existing file counts as different.
+//!    ([`Overwrite`]). What "different" means depends on the resume level: at 0 every
+//!    existing file is different; at 1, another size or mtime; at 2 and 3, another size or
+//!    content, by the source's sparse or full checksums ([`crate::sums`]).
 //! 2. A file that goes ahead resumes from `NAME.partial` when the resume level is at
 //!    least 1 and `NAME.partial.ckpt` is intact and names this very source (size and
-//!    mtime): the blocks it records are never sent again. Otherwise the partial and its
+//!    mtime); at 2 and 3 the held bytes must also match the source's sparse or full
+//!    checksums. The blocks it holds are never sent again. Otherwise the partial and its
 //!    checkpoint are removed and the file starts from nothing.
-//!
-//! Levels 2 (sparse checksum) and 3 (full checksum) check, for now, what level 1 checks;
-//! the checksum comparison is still to come.
 //!
 //! **Invariant:** a checkpoint never names bytes that are not durable: the partial file is
 //! `fdatasync`ed before the checkpoint that covers its data is written, and a checkpoint
@@ -28,6 +27,7 @@ use ferry_proto::RangeSet;
 use ferry_proto::checkpoint::Checkpoint;
 
 use crate::data::FileEntry;
+use crate::sums::FileSums;
 
 /// Suffix of a file being received.
 pub const PARTIAL_SUFFIX: &str = ".partial";
@@ -92,8 +92,8 @@ impl std::fmt::Display for Overwrite {
 /// The resume level and overwrite policy of a transfer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ResumePolicy {
-    /// 0: always send whole files; 1: resume when size and mtime match; 2, 3: as 1 for now
-    /// (sparse and full checksums to come).
+    /// 0: always send whole files; 1: resume when size and mtime match; 2 and 3: also
+    /// compare sparse or full checksums of the source.
     pub level: u8,
     /// What happens to existing complete files.
     pub overwrite: Overwrite,
@@ -185,22 +185,30 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// Decides what happens to `entry`, to be received at `path`, in blocks of `block_size`.
-/// A file that starts from nothing loses its stale partial and checkpoint here, so no
-/// checkpoint can outlive the data it described.
+/// Decides what happens to `entry`, to be received at `path`, in blocks of `block_size`;
+/// `sums` are the source's checksums (levels 2 and 3; without them those levels check as 1
+/// does). A file that starts from nothing loses its stale partial and checkpoint here, so
+/// no checkpoint can outlive the data it described.
 pub fn plan_file(
     path: &Path,
     entry: &FileEntry,
     block_size: u32,
     policy: ResumePolicy,
+    sums: Option<&FileSums>,
 ) -> io::Result<FilePlan> {
-    if let Some(existing) = existing_file(path)?
-        && let Some(why) = keep_existing(&existing, entry, policy)
-    {
-        return Ok(FilePlan::skip(why));
+    let sums = sums.filter(|s| policy.level >= 2 && !s.is_empty());
+    if let Some(existing) = existing_file(path)? {
+        let differs = match sums {
+            _ if policy.level == 0 => true,
+            Some(sums) => existing.0 != entry.size || !same_content(path, entry, sums)?,
+            None => existing != (entry.size, entry.mtime),
+        };
+        if let Some(why) = keep_existing(existing.1, differs, entry, policy) {
+            return Ok(FilePlan::skip(why));
+        }
     }
     if policy.level >= 1 {
-        match resumable(path, entry, block_size) {
+        match resumable(path, entry, block_size, sums) {
             Ok(Some(plan)) => return Ok(plan),
             Ok(None) => {}
             Err(why) => {
@@ -223,18 +231,25 @@ fn existing_file(path: &Path) -> io::Result<Option<(u64, (i64, u32))>> {
     }
 }
 
-/// Why an existing file `(size, mtime)` stays as it is, or `None` if it is replaced.
+/// Whether the file at `path` has the source's content, by its checksums.
+fn same_content(path: &Path, src: &FileEntry, sums: &FileSums) -> io::Result<bool> {
+    let whole = RangeSet::from_ranges(std::iter::once(0..src.size));
+    sums.verify(path, src.size, &whole)
+}
+
+/// Why an existing file with modification time `mtime`, which `differs` from the source,
+/// stays as it is, or `None` if it is replaced.
 fn keep_existing(
-    &(size, mtime): &(u64, (i64, u32)),
+    mtime: (i64, u32),
+    differs: bool,
     src: &FileEntry,
     policy: ResumePolicy,
 ) -> Option<String> {
-    let differs = policy.level == 0 || size != src.size || mtime != src.mtime;
     let older = mtime < src.mtime;
     match policy.overwrite {
         Overwrite::Never => Some("the destination exists (--overwrite never)".into()),
         Overwrite::Always => None,
-        Overwrite::Diff if !differs => Some("the destination has the same size and mtime".into()),
+        Overwrite::Diff if !differs => Some("the destination is the same as the source".into()),
         Overwrite::Older if !older => Some("the destination is not older than the source".into()),
         Overwrite::DiffOlder if !differs || !older => {
             Some("the destination is the same or not older (--overwrite diff+older)".into())
@@ -245,7 +260,12 @@ fn keep_existing(
 
 /// A resume plan from the partial's checkpoint; `Ok(None)` when there is nothing to resume
 /// from, `Err(why)` when what is there cannot be trusted.
-fn resumable(path: &Path, entry: &FileEntry, block_size: u32) -> Result<Option<FilePlan>, String> {
+fn resumable(
+    path: &Path,
+    entry: &FileEntry,
+    block_size: u32,
+    sums: Option<&FileSums>,
+) -> Result<Option<FilePlan>, String> {
     let bytes = match fs::read(checkpoint_path(path)) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -261,6 +281,10 @@ fn resumable(path: &Path, entry: &FileEntry, block_size: u32) -> Result<Option<F
     }) {
         return Err("restarted: the partial file is missing or shorter than its checkpoint".into());
     }
+    let ckpt = match sums {
+        Some(sums) => checked(&partial_path(path), entry.size, ckpt, sums)?,
+        None => ckpt,
+    };
     let held = ckpt.held_blocks(block_size);
     if held.is_empty() {
         return Ok(None);
@@ -270,6 +294,29 @@ fn resumable(path: &Path, entry: &FileEntry, block_size: u32) -> Result<Option<F
         held: held.ranges().iter().map(|r| (r.start, r.end)).collect(),
         reason: format!("resuming: {} bytes already there", ckpt.bytes.len()),
     }))
+}
+
+/// The checkpoint of the partial at `partial` as far as the source's checksums bear it out:
+/// with full sums (level 3) only the chunks that match are kept; with sparse ones (level 2)
+/// one mismatch condemns the whole file.
+fn checked(
+    partial: &Path,
+    size: u64,
+    mut ckpt: Checkpoint,
+    sums: &FileSums,
+) -> Result<Checkpoint, String> {
+    let unreadable = |e: io::Error| format!("restarted: the partial file cannot be read ({e})");
+    if sums.is_full(size) {
+        ckpt.bytes = sums
+            .matching(partial, size, &ckpt.bytes)
+            .map_err(unreadable)?;
+    } else if !sums
+        .verify(partial, size, &ckpt.bytes)
+        .map_err(unreadable)?
+    {
+        return Err("restarted: the partial file does not match the source's checksums".into());
+    }
+    Ok(ckpt)
 }
 
 /// Removes `NAME.partial.ckpt` and `NAME.partial`, the checkpoint first.
@@ -325,7 +372,7 @@ mod tests {
     }
 
     fn action(path: &Path, e: &FileEntry, level: u8, overwrite: Overwrite) -> FileAction {
-        plan_file(path, e, 100, ResumePolicy { level, overwrite })
+        plan_file(path, e, 100, ResumePolicy { level, overwrite }, None)
             .unwrap()
             .action
     }
@@ -385,12 +432,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let e = entry(1050, 7);
         let p = partial_with(dir.path(), &e, &ckpt(&e, &[0..250, 400..1050]).encode());
-        let plan = plan_file(&p, &e, 100, ResumePolicy::default_resume()).unwrap();
+        let plan = plan_file(&p, &e, 100, ResumePolicy::default_resume(), None).unwrap();
         assert_eq!(plan.action, FileAction::Resume);
         assert_eq!(plan.held, vec![(0, 2), (4, 11)]);
         assert_eq!(plan.held_bytes(1050, 100), 200 + 650);
         // At level 0 the same partial is thrown away.
-        let plan = plan_file(&p, &e, 100, ResumePolicy::default()).unwrap();
+        let plan = plan_file(&p, &e, 100, ResumePolicy::default(), None).unwrap();
         assert_eq!(plan.action, FileAction::Send);
         assert!(!partial_path(&p).exists() && !checkpoint_path(&p).exists());
     }
@@ -410,7 +457,7 @@ mod tests {
         ] {
             let dir = tempfile::tempdir().unwrap();
             let p = partial_with(dir.path(), &e, bytes);
-            let plan = plan_file(&p, &e, 100, ResumePolicy::default_resume()).unwrap();
+            let plan = plan_file(&p, &e, 100, ResumePolicy::default_resume(), None).unwrap();
             assert_eq!(plan.action, FileAction::Send, "{what}");
             assert!(
                 plan.reason.starts_with("restarted"),
@@ -422,6 +469,64 @@ mod tests {
                 !checkpoint_path(&p).exists(),
                 "{what}: the checkpoint stays"
             );
+        }
+    }
+
+    #[test]
+    fn checksum_levels_look_at_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("source");
+        let data: Vec<u8> = (0..3_200_000u32).map(|i| (i % 253) as u8).collect();
+        fs::write(&src, &data).unwrap();
+        let e = FileEntry {
+            path: "f".into(),
+            size: data.len() as u64,
+            mtime: (5, 0),
+            mode: 0o644,
+        };
+        let level = |level| ResumePolicy {
+            level,
+            overwrite: Overwrite::Diff,
+        };
+        // The same content under another mtime: the same at 2 and 3, not at 1.
+        let p = dir.path().join("f");
+        fs::write(&p, &data).unwrap();
+        for (l, want) in [
+            (1, FileAction::Send),
+            (2, FileAction::Skip),
+            (3, FileAction::Skip),
+        ] {
+            let sums = FileSums::compute(&src, e.size, l).unwrap();
+            let plan = plan_file(&p, &e, 100, level(l), Some(&sums)).unwrap();
+            assert_eq!(plan.action, want, "-k {l}");
+        }
+        fs::remove_file(&p).unwrap();
+        // A partial whose checkpoint is right but whose bytes are not: trusted at 1 only.
+        for (l, want) in [
+            (1, FileAction::Resume),
+            (2, FileAction::Send),
+            (3, FileAction::Send),
+        ] {
+            partial_with(
+                dir.path(),
+                &e,
+                &ckpt(&e, std::slice::from_ref(&(0..2_600_000))).encode(),
+            );
+            let sums = FileSums::compute(&src, e.size, l).unwrap();
+            let plan = plan_file(&p, &e, 100, level(l), Some(&sums)).unwrap();
+            assert_eq!(plan.action, want, "-k {l}: {}", plan.reason);
+        }
+        // The right bytes resume at every level.
+        for l in 1..=3 {
+            partial_with(
+                dir.path(),
+                &e,
+                &ckpt(&e, std::slice::from_ref(&(0..2_600_000))).encode(),
+            );
+            fs::write(partial_path(&p), &data).unwrap();
+            let sums = FileSums::compute(&src, e.size, l).unwrap();
+            let plan = plan_file(&p, &e, 100, level(l), Some(&sums)).unwrap();
+            assert_eq!(plan.action, FileAction::Resume, "-k {l}: {}", plan.reason);
         }
     }
 

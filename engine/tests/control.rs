@@ -267,6 +267,7 @@ fn upload_creates_directories_and_starts_a_receiver() {
                 ..Default::default()
             },
             client_udp: 40_000,
+            sums: Vec::new(),
         })
         .unwrap();
     assert_ne!(ready.session, 0);

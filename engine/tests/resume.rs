@@ -460,3 +460,74 @@ fn overwrite_policies_against_existing_files_both_ways() {
     }
     assert_eq!(leftovers(&s.docroot), Vec::<String>::new());
 }
+
+#[test]
+fn checksum_levels_check_partial_and_existing_files_by_content() {
+    let mut s = Server::start();
+    let src = s.dir("src").join("src.bin");
+    write_random_file(&src, 8 * MIB, 8);
+    let dest = s.docroot.join("src.bin");
+    let send = |s: &mut Server, level: &str| {
+        let run = s.send(&[
+            "-k".as_ref(),
+            level.as_ref(),
+            src.as_os_str(),
+            s.remote("/").as_ref(),
+        ]);
+        s.assert_ok(&run, &format!("-k {level}"));
+        assert_same(&src, &dest, &format!("-k {level}"), &run);
+        assert_eq!(leftovers(&s.docroot), Vec::<String>::new());
+        run
+    };
+
+    // A checkpoint that lies (junk where it claims data): caught at 2 and 3.
+    for level in ["2", "3"] {
+        plant_partial(&src, &dest, 6 * MIB, true);
+        let run = send(&mut s, level);
+        assert_eq!(run.json_u64("resumed"), Some(0), "{}", run.describe());
+        fs::remove_file(&dest).unwrap();
+    }
+
+    // At 3 a partial with one damaged MiB keeps the rest.
+    plant_partial(&src, &dest, 6 * MIB, false);
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(partial_path(&dest))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0x55; 1000], 2 * MIB + 10).unwrap();
+    drop(f);
+    let run = send(&mut s, "3");
+    // Whole blocks of the 5 good MiB (block and chunk edges differ).
+    let resumed = run.json_u64("resumed_bytes").unwrap();
+    assert!(
+        resumed <= 5 * MIB && resumed > 5 * MIB - 2 * 65_536,
+        "{}",
+        run.describe()
+    );
+
+    // The same content under another mtime: different at 1, the same at 2 and 3.
+    let f = fs::File::options().write(true).open(&dest).unwrap();
+    f.set_modified(UNIX_EPOCH + Duration::from_secs(1_000_000))
+        .unwrap();
+    drop(f);
+    assert_eq!(file_events(&send(&mut s, "2"))[0].1, "skipped");
+    assert_eq!(file_events(&send(&mut s, "3"))[0].1, "skipped");
+    assert_eq!(file_events(&send(&mut s, "1"))[0].1, "sent");
+
+    // Downloads check the same way, the server summing its sources.
+    let back = s.dir("back");
+    plant_partial(&dest, &back.join("src.bin"), 6 * MIB, true);
+    let run = s.recv(&[
+        "-k".as_ref(),
+        "2".as_ref(),
+        s.remote("/src.bin").as_ref(),
+        back.as_os_str(),
+    ]);
+    s.assert_ok(&run, "download -k 2");
+    assert_same(&src, &back.join("src.bin"), "download -k 2", &run);
+    assert!(
+        first_reason(&run).starts_with("restarted"),
+        "{}",
+        run.describe()
+    );
+}

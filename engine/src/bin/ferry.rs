@@ -15,11 +15,13 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use ferry_engine::config::parse_rate;
 use ferry_engine::control::client::{ClientOptions, Control, default_known_hosts, default_user};
+use ferry_engine::control::messages::Offer;
 use ferry_engine::control::messages::Steer;
 use ferry_engine::control::{DownloadRequest, ErrorCode, TransferParams, UploadRequest};
 use ferry_engine::data::{self, DataPlane, FileEntry, Role, SessionReport, SessionSpec};
 use ferry_engine::paths::validate_relative;
 use ferry_engine::resume::{self, FileAction, FilePlan, Overwrite, ResumePolicy};
+use ferry_engine::sums::FileSums;
 use ferry_proto::crypto::{Cipher, Direction};
 use ferry_tuning::{Policy, RateLimits};
 
@@ -80,11 +82,13 @@ struct Options {
     #[arg(short = 'c', long, default_value = "aes128")]
     cipher: Cipher,
     /// Resume level: 0 sends whole files; 1 resumes partial files whose checkpoint matches
-    /// the source's size and mtime (2 and 3, sparse and full checksums, check as 1 for now).
+    /// the source's size and mtime; 2 and 3 also compare a sparse or a full checksum of the
+    /// source (and judge existing files by content).
     #[arg(short = 'k', long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=3))]
     resume: u8,
     /// When an existing destination file is replaced: never | always | diff | older |
-    /// diff+older (diff: when size or mtime differ, or always at -k 0).
+    /// diff+older (diff: always at -k 0, by size and mtime at -k 1, by size and checksum at
+    /// -k 2 and 3).
     #[arg(long, default_value = "diff")]
     overwrite: Overwrite,
     /// Multi-session count (not implemented yet: one session).
@@ -230,13 +234,6 @@ fn main() -> ExitCode {
 }
 
 fn warn_unimplemented(o: &Options) {
-    if o.resume >= 2 {
-        eprintln!(
-            "ferry: note: -k {} checks size and mtime as -k 1 does; checksums are not \
-             implemented yet",
-            o.resume
-        );
-    }
     if o.sessions.is_some_and(|n| n > 1) || o.split_threshold.is_some() {
         eprintln!(
             "ferry: note: multi-session transfers are not implemented yet; using one session"
@@ -418,12 +415,14 @@ fn send(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
     let block = data::block_size_for(&server_tcp, o.cipher);
     let (mut control, rtt) = connect(o, &remote)?;
     let plane = start_data_plane(&server_tcp)?;
+    let sums = source_sums(&files, &locals, o.resume)?;
     let ready = control.upload(UploadRequest {
         dest: remote.path.clone(),
         files: files.clone(),
         dirs,
         params: params(o, block, rtt),
         client_udp: plane.local_addr().port(),
+        sums,
     })?;
     let secret =
         ferry_engine::control::messages::secret_from_hex(&ready.secret).ok_or_else(|| {
@@ -548,9 +547,8 @@ fn recv(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
         negotiate: true,
     };
     let policy = resume_policy(o);
-    let (manifest, plans) = control.download_negotiated(request, |offer| {
-        plan_download(&dest, &offer.files, offer.block_size, policy)
-    })?;
+    let (manifest, plans) =
+        control.download_negotiated(request, |offer| plan_download(&dest, offer, policy))?;
     for d in &manifest.dirs {
         validate_relative(d)
             .map_err(|e| Failure(ErrorCode::Protocol, format!("server sent {d:?}: {e}")))?;
@@ -617,17 +615,41 @@ fn recv(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
     })
 }
 
+/// The checksums of each local source for resume level `level` (none below 2).
+fn source_sums(
+    files: &[FileEntry],
+    locals: &[PathBuf],
+    level: u8,
+) -> Result<Vec<FileSums>, Failure> {
+    if level < 2 {
+        return Ok(Vec::new());
+    }
+    files
+        .iter()
+        .zip(locals)
+        .map(|(f, local)| {
+            FileSums::compute(local, f.size, level).map_err(|e| {
+                Failure(
+                    ErrorCode::from_io(&e),
+                    format!("reading {}: {e}", local.display()),
+                )
+            })
+        })
+        .collect()
+}
+
 /// Decides, for each offered file of a download, whether it is sent, resumed or skipped
 /// against what lies under `dest` (names are checked before any path is built from them).
 fn plan_download(
     dest: &Path,
-    files: &[FileEntry],
-    block_size: u32,
+    offer: &Offer,
     policy: ResumePolicy,
 ) -> Result<Vec<FilePlan>, (ErrorCode, String)> {
-    files
+    offer
+        .files
         .iter()
-        .map(|f| {
+        .enumerate()
+        .map(|(i, f)| {
             validate_relative(&f.path).map_err(|e| {
                 (
                     ErrorCode::Protocol,
@@ -635,7 +657,8 @@ fn plan_download(
                 )
             })?;
             let path = dest.join(&f.path);
-            resume::plan_file(&path, f, block_size, policy).map_err(|e| {
+            let sums = offer.sums.get(i);
+            resume::plan_file(&path, f, offer.block_size, policy, sums).map_err(|e| {
                 (
                     ErrorCode::from_io(&e),
                     format!("preparing {}: {e}", path.display()),

@@ -14,6 +14,7 @@
 use crate::control::ErrorCode;
 use crate::data::FileEntry;
 pub use crate::resume::{FileAction, FilePlan};
+pub use crate::sums::FileSums;
 
 /// The control protocol version; both sides must speak the same one.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -88,6 +89,10 @@ pub struct UploadRequest {
     /// The client's UDP port (informational: the server learns the address from the first
     /// authentic datagram).
     pub client_udp: u16,
+    /// At resume levels 2 and 3: the checksums of each file, in `files` order, that ferryd
+    /// checks existing and partial files against.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sums: Vec<FileSums>,
 }
 
 /// A download: the server sends `sources` to the client.
@@ -166,6 +171,9 @@ pub struct Offer {
     pub files: Vec<FileEntry>,
     /// The block size the session will use (the plans' held blocks count in it).
     pub block_size: u32,
+    /// At resume levels 2 and 3: each file's checksums, in `files` order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sums: Vec<FileSums>,
 }
 
 /// The server's answer to a download.
@@ -368,6 +376,7 @@ mod tests {
                     overwrite: "diff+older".into(),
                 },
                 client_udp: 40000,
+                sums: Vec::new(),
             }),
             ClientMsg::Download(DownloadRequest {
                 sources: vec!["/src.bin".into()],
@@ -438,6 +447,10 @@ mod tests {
             ServerMsg::Offer(Offer {
                 files: vec![entry("y", 4)],
                 block_size: 1000,
+                sums: vec![FileSums {
+                    chunk: 65536,
+                    sums: vec![(0, 0xdead_beef)],
+                }],
             }),
             ServerMsg::Error(ErrorMsg::new(ErrorCode::OutsideDocroot, "no")),
         ];

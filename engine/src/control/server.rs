@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use super::authorized_keys;
 use super::claims::Claims;
 use super::messages::{
-    ClientMsg, Done, DownloadRequest, ErrorMsg, FilePlan, LineBuffer, Manifest, Offer,
+    ClientMsg, Done, DownloadRequest, ErrorMsg, FilePlan, FileSums, LineBuffer, Manifest, Offer,
     PROTOCOL_VERSION, Ready, ServerMsg, TransferParams, UploadRequest, encode_line, to_hex,
 };
 use super::{ErrorCode, SUBSYSTEM};
@@ -671,6 +671,7 @@ async fn negotiate_plans(
     let offer = ServerMsg::Offer(Offer {
         files: p.spec.files.clone(),
         block_size: p.spec.block_size,
+        sums: p.sums.clone(),
     });
     if !send(channel, &offer).await {
         return Err(ErrorMsg::new(
@@ -729,6 +730,8 @@ struct Prepared {
     spec: SessionSpec,
     dirs: Vec<String>,
     skipped: Vec<String>,
+    /// A download's source checksums (resume levels 2 and 3), for the offer.
+    sums: Vec<FileSums>,
 }
 
 fn start_session<S: SessionStarter>(
@@ -864,7 +867,7 @@ fn claim_and_plan<S: SessionStarter>(
     shared: &Shared<S>,
     session: u32,
     targets: &[PathBuf],
-    files: &[FileEntry],
+    req: &UploadRequest,
     block_size: u32,
     policy: ResumePolicy,
 ) -> Result<Vec<FilePlan>, ErrorMsg> {
@@ -886,9 +889,11 @@ fn claim_and_plan<S: SessionStarter>(
         })?;
     targets
         .iter()
-        .zip(files)
-        .map(|(path, f)| {
-            crate::resume::plan_file(path, f, block_size, policy).map_err(|e| {
+        .zip(&req.files)
+        .enumerate()
+        .map(|(i, (path, f))| {
+            let sums = req.sums.get(i);
+            crate::resume::plan_file(path, f, block_size, policy, sums).map_err(|e| {
                 ErrorMsg::new(
                     ErrorCode::from_io(&e),
                     format!("cannot prepare {}: {e}", f.path),
@@ -985,7 +990,7 @@ fn prepare_upload<S: SessionStarter>(
         }
         targets.push(path);
     }
-    let plans = claim_and_plan(shared, session, &targets, &req.files, block_size, resume)
+    let plans = claim_and_plan(shared, session, &targets, &req, block_size, resume)
         .inspect_err(|_| shared.claims.release(session))?;
     Ok(Prepared {
         spec: SessionSpec {
@@ -1007,6 +1012,7 @@ fn prepare_upload<S: SessionStarter>(
         },
         dirs: req.dirs,
         skipped: Vec::new(),
+        sums: Vec::new(),
     })
 }
 
@@ -1073,6 +1079,13 @@ fn prepare_download(
             ));
         }
     }
+    let root_dir = base.unwrap_or_else(|| root.path().to_path_buf());
+    let level = if req.negotiate {
+        resume_policy(&req.params)?.level
+    } else {
+        0
+    };
+    let sums = source_sums(&root_dir, &walk.files, level)?;
     Ok(Prepared {
         spec: SessionSpec {
             role: Role::Sender,
@@ -1083,7 +1096,7 @@ fn prepare_download(
             block_size,
             policy,
             limits,
-            root: base.unwrap_or_else(|| root.path().to_path_buf()),
+            root: root_dir,
             files: walk.files,
             peer: None,
             no_fsync: false,
@@ -1093,7 +1106,22 @@ fn prepare_download(
         },
         dirs: walk.dirs,
         skipped: walk.skipped,
+        sums,
     })
+}
+
+/// The checksums of each file below `root` for resume level `level` (none below 2).
+fn source_sums(root: &Path, files: &[FileEntry], level: u8) -> Result<Vec<FileSums>, ErrorMsg> {
+    if level < 2 {
+        return Ok(Vec::new());
+    }
+    files
+        .iter()
+        .map(|f| {
+            FileSums::compute(&root.join(&f.path), f.size, level)
+                .map_err(|e| io_error("cannot read", &f.path, &e))
+        })
+        .collect()
 }
 
 /// A sorted, depth-first walk of download sources.

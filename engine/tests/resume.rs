@@ -531,3 +531,60 @@ fn checksum_levels_check_partial_and_existing_files_by_content() {
         run.describe()
     );
 }
+
+#[test]
+fn an_interrupted_tree_upload_skips_the_complete_files_and_resumes_the_partial_one() {
+    let mut s = Server::start();
+    let tree = s.dir("src").join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    for (i, name) in ["a.bin", "b.bin", "c.bin"].iter().enumerate() {
+        write_random_file(&tree.join(name), 8 * MIB, 10 + i as u64);
+    }
+    let slow = s.ferry_cmd(
+        "send",
+        &[
+            "-k".as_ref(),
+            "1".as_ref(),
+            "-l".as_ref(),
+            "100m".as_ref(),
+            "--policy".as_ref(),
+            "fixed".as_ref(),
+            tree.as_os_str(),
+            s.remote("/").as_ref(),
+        ],
+    );
+    let mut run = s.spawn_ferry(&slow);
+    // Past the middle of b.bin: a.bin is complete, c.bin not begun.
+    let past = |l: &str| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .ok()
+            .and_then(|v| v["bytes"].as_u64())
+            .is_some_and(|b| b > 12 * MIB)
+    };
+    assert!(run.wait_line(Duration::from_secs(60), past).is_some());
+    run.kill9();
+    let run = s.send(&[
+        "-k".as_ref(),
+        "1".as_ref(),
+        tree.as_os_str(),
+        s.remote("/").as_ref(),
+    ]);
+    s.assert_ok(&run, "resumed tree");
+    let actions: Vec<String> = file_events(&run).into_iter().map(|(_, a)| a).collect();
+    assert_eq!(
+        actions,
+        ["skipped", "resumed", "sent"],
+        "{}",
+        run.describe()
+    );
+    for name in ["a.bin", "b.bin", "c.bin"] {
+        assert_same(
+            &tree.join(name),
+            &s.docroot.join("tree").join(name),
+            name,
+            &run,
+        );
+    }
+    assert_eq!(run.json_u64("skipped"), Some(1));
+    assert_eq!(leftovers(&s.docroot), Vec::<String>::new());
+}

@@ -493,12 +493,9 @@ impl Files {
         let received = (0..spec.files.len())
             .map(|i| {
                 let size = spec.files[i].size;
-                RangeSet::from_ranges(
-                    plan(i)
-                        .held
-                        .iter()
-                        .map(|&(first, end)| (first * b).min(size)..(end * b).min(size)),
-                )
+                RangeSet::from_ranges(plan(i).held.iter().map(|&(first, end)| {
+                    first.saturating_mul(b).min(size)..end.saturating_mul(b).min(size)
+                }))
             })
             .collect();
         Files {

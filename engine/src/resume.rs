@@ -164,7 +164,11 @@ impl FilePlan {
         let b = u64::from(block_size.max(1));
         self.held
             .iter()
-            .map(|&(first, end)| (end * b).min(size).saturating_sub(first * b))
+            .map(|&(first, end)| {
+                end.saturating_mul(b)
+                    .min(size)
+                    .saturating_sub(first.saturating_mul(b))
+            })
             .sum()
     }
 }
@@ -196,7 +200,7 @@ pub fn plan_file(
     policy: ResumePolicy,
     sums: Option<&FileSums>,
 ) -> io::Result<FilePlan> {
-    let sums = sums.filter(|s| policy.level >= 2 && !s.is_empty());
+    let sums = sums.filter(|s| policy.level >= 2 && !s.is_empty() && s.is_well_formed(entry.size));
     if let Some(existing) = existing_file(path)? {
         let differs = match sums {
             _ if policy.level == 0 => true,
@@ -436,6 +440,16 @@ mod tests {
         assert_eq!(plan.action, FileAction::Resume);
         assert_eq!(plan.held, vec![(0, 2), (4, 11)]);
         assert_eq!(plan.held_bytes(1050, 100), 200 + 650);
+        let wild = FilePlan {
+            action: FileAction::Resume,
+            held: vec![(u64::MAX - 1, u64::MAX)],
+            reason: String::new(),
+        };
+        assert_eq!(
+            wild.held_bytes(1050, 100),
+            0,
+            "a peer's nonsense is harmless"
+        );
         // At level 0 the same partial is thrown away.
         let plan = plan_file(&p, &e, 100, ResumePolicy::default(), None).unwrap();
         assert_eq!(plan.action, FileAction::Send);

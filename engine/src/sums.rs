@@ -58,6 +58,16 @@ impl FileSums {
         self.sums.is_empty()
     }
 
+    /// Whether these sums can be checked against a `size`-byte file with bounded work: one
+    /// of the two chunk sizes, indices ascending and within the file. Sums from the peer
+    /// that are not are ignored.
+    pub fn is_well_formed(&self, size: u64) -> bool {
+        let n = size.div_ceil(u64::from(self.chunk.max(1)));
+        matches!(self.chunk, SPARSE_CHUNK | FULL_CHUNK)
+            && self.sums.windows(2).all(|w| w[0].0 < w[1].0)
+            && self.sums.last().is_none_or(|&(i, _)| i < n)
+    }
+
     /// Whether every chunk of a `size`-byte file is summed (level 3).
     pub fn is_full(&self, size: u64) -> bool {
         self.chunk > 0 && self.sums.len() as u64 == size.div_ceil(u64::from(self.chunk))
@@ -197,6 +207,22 @@ mod tests {
         );
         assert!(FileSums::compute(&src, 0, 3).unwrap().is_empty());
         assert!(full.is_full(data.len() as u64));
+        assert!(full.is_well_formed(data.len() as u64));
+        let huge = FileSums {
+            chunk: u32::MAX,
+            sums: vec![(0, 0)],
+        };
+        let repeated = FileSums {
+            chunk: FULL_CHUNK,
+            sums: vec![(0, 0), (0, 0)],
+        };
+        for bad in [huge, repeated] {
+            assert!(!bad.is_well_formed(data.len() as u64), "{bad:?}");
+        }
+        assert!(
+            !full.is_well_formed(FULL_CHUNK as u64),
+            "indices beyond the file"
+        );
         // One wrong chunk: the others still count.
         let mut other = data.clone();
         other[FULL_CHUNK as usize + 3] ^= 1;

@@ -296,7 +296,7 @@ fn resumable(
     Ok(Some(FilePlan {
         action: FileAction::Resume,
         held: held.ranges().iter().map(|r| (r.start, r.end)).collect(),
-        reason: format!("resuming: {} bytes already there", ckpt.bytes.len()),
+        reason: format!("{} bytes already there", ckpt.bytes.len()),
     }))
 }
 

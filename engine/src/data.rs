@@ -30,6 +30,7 @@ use ferry_proto::{
 };
 use ferry_tuning::{Controller, Policy, RateLimits, Timestamp};
 
+use crate::checkpointer::Checkpointer;
 use crate::control::ErrorCode;
 use crate::resume::{self, FileAction, FilePlan};
 
@@ -482,6 +483,8 @@ struct Files {
     skipped: Vec<bool>,
     /// Receiver: files written to since their last checkpoint.
     dirty: std::collections::BTreeSet<u32>,
+    /// Receiver: syncs partial files and writes their checkpoints off the data thread.
+    checkpointer: Checkpointer,
     block_size: u32,
     no_fsync: bool,
 }
@@ -505,6 +508,7 @@ impl Files {
                 .map(|i| plan(i).action == FileAction::Skip)
                 .collect(),
             dirty: Default::default(),
+            checkpointer: Checkpointer::default(),
             entries: spec.files.clone(),
             open: HashMap::new(),
             block_size: spec.block_size,
@@ -575,29 +579,53 @@ impl Files {
         !self.dirty.is_empty()
     }
 
+    /// What file `index` has received, as its checkpoint.
+    fn checkpoint_of(&self, index: u32) -> Checkpoint {
+        let e = &self.entries[index as usize];
+        Checkpoint {
+            block_size: self.block_size,
+            size: e.size,
+            mtime: e.mtime,
+            bytes: self.received[index as usize].clone(),
+        }
+    }
+
+    /// Hands each written file's checkpoint to the background checkpointer, which syncs
+    /// the file and then writes it; skipped while the previous round is still syncing.
+    fn checkpoint_in_background(&mut self) -> io::Result<()> {
+        if self.checkpointer.is_busy()? {
+            return Ok(());
+        }
+        while let Some(index) = self.dirty.pop_first() {
+            if let Some(f) = self.open.get(&index) {
+                let ckpt = self.checkpoint_of(index);
+                self.checkpointer
+                    .submit(f, self.path(index), ckpt, !self.no_fsync)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Makes what each written file received durable, then records it in the file's
-    /// checkpoint (in that order: a checkpoint never names data that is not on disk).
+    /// checkpoint (in that order: a checkpoint never names data that is not on disk),
+    /// here and now, after the background checkpoints: the session is ending.
     fn flush_checkpoints(&mut self) -> io::Result<()> {
+        self.checkpointer.wait_idle()?;
         while let Some(index) = self.dirty.pop_first() {
             if let Some(f) = self.open.get(&index)
                 && !self.no_fsync
             {
                 f.sync_data()?;
             }
-            let e = &self.entries[index as usize];
-            let ckpt = Checkpoint {
-                block_size: self.block_size,
-                size: e.size,
-                mtime: e.mtime,
-                bytes: self.received[index as usize].clone(),
-            };
-            resume::write_checkpoint(&self.path(index), &ckpt)?;
+            resume::write_checkpoint(&self.path(index), &self.checkpoint_of(index))?;
         }
         Ok(())
     }
 
     /// Durable, stamped, renamed: `NAME.partial` becomes `NAME` only now.
     fn finish(&mut self, index: u32) -> io::Result<()> {
+        // A checkpoint still being written must land before the file's is removed.
+        self.checkpointer.wait_idle()?;
         self.open_partial(index)?;
         let f = self.open.remove(&index).expect("just opened");
         if !self.no_fsync {
@@ -844,7 +872,7 @@ impl Session {
             return;
         }
         self.next_checkpoint = now + CHECKPOINT_INTERVAL;
-        if let Err(e) = self.files.flush_checkpoints() {
+        if let Err(e) = self.files.checkpoint_in_background() {
             self.fail(io_code(&e), format!("checkpointing received data: {e}"));
         }
     }

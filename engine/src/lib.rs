@@ -9,6 +9,7 @@
 //!   [`sums`]: the source checksums levels 2 and 3 check against.
 #![warn(missing_docs)]
 
+mod checkpointer;
 pub mod config;
 pub mod control;
 pub mod ctl_server;

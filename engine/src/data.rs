@@ -22,15 +22,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use ferry_proto::checkpoint::Checkpoint;
 use ferry_proto::crypto::{Cipher, Direction};
 use ferry_proto::{
-    FailureCode, Manifest, Receiver, ReceiverConfig, ReceiverEvent, Sender, SenderConfig,
+    FailureCode, Manifest, RangeSet, Receiver, ReceiverConfig, ReceiverEvent, Sender, SenderConfig,
     SenderEvent, SlotBuffers, TxBuffer, wire,
 };
 use ferry_tuning::{Controller, Policy, RateLimits, Timestamp};
 
 use crate::caps::HostCaps;
+use crate::checkpointer::Checkpointer;
 use crate::control::ErrorCode;
+use crate::resume::{self, FileAction, FilePlan};
 use crate::stats::{Counters, LaneStats, Latency};
 
 /// One file of a session, as both sides agree on it over the control channel.
@@ -88,6 +91,9 @@ pub struct SessionSpec {
     pub user: String,
     /// A host cap's share for this session, bits per second (see [`SessionOp::Ceiling`]).
     pub ceiling_bps: Option<u64>,
+    /// What the receiving side decided for each file, in manifest order: send, resume
+    /// from the blocks it holds, or skip. Empty: every file is sent whole.
+    pub plans: Vec<FilePlan>,
 }
 
 /// How a session ended.
@@ -142,7 +148,7 @@ pub struct SessionHandle {
 
 enum Command {
     Add(
-        SessionSpec,
+        Box<SessionSpec>,
         mpsc::Sender<SessionReport>,
         Arc<Progress>,
         mpsc::Sender<SessionOp>,
@@ -172,6 +178,9 @@ pub enum SessionOp {
     /// bounds the target and minimum rate without replacing them, so lifting it restores
     /// what the user asked for. A receiving session relays it to its sender.
     Ceiling(Option<u64>),
+    /// End the session here at once, without relaying anything: its client has gone, or a
+    /// new session takes over its files. A receiver flushes its checkpoints first.
+    Abandon,
 }
 
 /// What `ferryctl sessions` shows of one session.
@@ -239,6 +248,8 @@ struct Lane {
     stats: Arc<Mutex<LaneStats>>,
 }
 
+/// How often a receiving session makes what it has written durable and checkpoints it.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the data thread refreshes what [`DataPlane::sessions`] returns.
 const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(100);
 /// How often it publishes [`DataPlane::lane_stats`].
@@ -391,6 +402,27 @@ impl DataPlane {
             .map_err(|_| "the data plane did not answer".to_string())?
     }
 
+    /// Ends every session at once (receiving ones checkpoint what they have) and waits up
+    /// to `wait` for the lanes to finish with them: ferryd's orderly shutdown.
+    pub fn abandon_all(&self, wait: Duration) {
+        let placed: Vec<u32> = match self.placement.lock() {
+            Ok(p) => p.keys().copied().collect(),
+            Err(_) => return,
+        };
+        for id in placed {
+            let _ = self.control(id, SessionOp::Abandon);
+        }
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline
+            && self
+                .lanes
+                .iter()
+                .any(|l| l.active.load(Ordering::Relaxed) > 0)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts a session on the least busy lane and returns its report channel, live
     /// progress and the UDP port the peer must use.
     pub fn start_session(&self, mut spec: SessionSpec) -> SessionHandle {
@@ -418,7 +450,7 @@ impl DataPlane {
             placement.insert(id, (lane, Instant::now()));
         }
         if self.lanes[lane]
-            .send(Command::Add(spec, tx.clone(), progress.clone(), ops_tx))
+            .send(Command::Add(Box::new(spec), tx.clone(), progress.clone(), ops_tx))
             .is_err()
         {
             self.lanes[lane].active.fetch_sub(1, Ordering::Relaxed);
@@ -492,18 +524,41 @@ struct Files {
     entries: Vec<FileEntry>,
     /// Open handles, by file index (senders keep a few; receivers keep the unfinished).
     open: HashMap<u32, File>,
-    /// Receiver: bytes written per file.
-    written: Vec<u64>,
+    /// Receiver: the bytes of each file written so far (resumed ones included).
+    received: Vec<RangeSet>,
+    /// Receiver: files the plan skips; they are never opened nor renamed.
+    skipped: Vec<bool>,
+    /// Receiver: files written to since their last checkpoint.
+    dirty: std::collections::BTreeSet<u32>,
+    /// Receiver: syncs partial files and writes their checkpoints off the data thread.
+    checkpointer: Checkpointer,
+    block_size: u32,
     no_fsync: bool,
 }
 
 impl Files {
     fn new(spec: &SessionSpec) -> Self {
+        let plan = |i: usize| spec.plans.get(i).cloned().unwrap_or_default();
+        let b = u64::from(spec.block_size);
+        let received = (0..spec.files.len())
+            .map(|i| {
+                let size = spec.files[i].size;
+                RangeSet::from_ranges(plan(i).held.iter().map(|&(first, end)| {
+                    first.saturating_mul(b).min(size)..end.saturating_mul(b).min(size)
+                }))
+            })
+            .collect();
         Files {
             root: spec.root.clone(),
-            written: vec![0; spec.files.len()],
+            received,
+            skipped: (0..spec.files.len())
+                .map(|i| plan(i).action == FileAction::Skip)
+                .collect(),
+            dirty: Default::default(),
+            checkpointer: Checkpointer::default(),
             entries: spec.files.clone(),
             open: HashMap::new(),
+            block_size: spec.block_size,
             no_fsync: spec.no_fsync,
         }
     }
@@ -513,9 +568,7 @@ impl Files {
     }
 
     fn partial(&self, index: u32) -> PathBuf {
-        let mut p = self.path(index).into_os_string();
-        p.push(".partial");
-        PathBuf::from(p)
+        resume::partial_path(&self.path(index))
     }
 
     fn read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> io::Result<()> {
@@ -559,15 +612,67 @@ impl Files {
     /// Writes a block; when it completes its file, makes the file durable and renames it.
     fn write(&mut self, index: u32, offset: u64, data: &[u8]) -> io::Result<()> {
         self.open_partial(index)?.write_all_at(data, offset)?;
-        self.written[index as usize] += data.len() as u64;
-        if self.written[index as usize] == self.entries[index as usize].size {
+        let received = &mut self.received[index as usize];
+        received.insert(offset..offset + data.len() as u64);
+        self.dirty.insert(index);
+        if received.len() == self.entries[index as usize].size {
             self.finish(index)?;
+        }
+        Ok(())
+    }
+
+    /// Whether some file has data no checkpoint names yet.
+    fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// What file `index` has received, as its checkpoint.
+    fn checkpoint_of(&self, index: u32) -> Checkpoint {
+        let e = &self.entries[index as usize];
+        Checkpoint {
+            block_size: self.block_size,
+            size: e.size,
+            mtime: e.mtime,
+            bytes: self.received[index as usize].clone(),
+        }
+    }
+
+    /// Hands each written file's checkpoint to the background checkpointer, which syncs
+    /// the file and then writes it; skipped while the previous round is still syncing.
+    fn checkpoint_in_background(&mut self) -> io::Result<()> {
+        if self.checkpointer.is_busy()? {
+            return Ok(());
+        }
+        while let Some(index) = self.dirty.pop_first() {
+            if let Some(f) = self.open.get(&index) {
+                let ckpt = self.checkpoint_of(index);
+                self.checkpointer
+                    .submit(f, self.path(index), ckpt, !self.no_fsync)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes what each written file received durable, then records it in the file's
+    /// checkpoint (in that order: a checkpoint never names data that is not on disk),
+    /// here and now, after the background checkpoints: the session is ending.
+    fn flush_checkpoints(&mut self) -> io::Result<()> {
+        self.checkpointer.wait_idle()?;
+        while let Some(index) = self.dirty.pop_first() {
+            if let Some(f) = self.open.get(&index)
+                && !self.no_fsync
+            {
+                f.sync_data()?;
+            }
+            resume::write_checkpoint(&self.path(index), &self.checkpoint_of(index))?;
         }
         Ok(())
     }
 
     /// Durable, stamped, renamed: `NAME.partial` becomes `NAME` only now.
     fn finish(&mut self, index: u32) -> io::Result<()> {
+        // A checkpoint still being written must land before the file's is removed.
+        self.checkpointer.wait_idle()?;
         self.open_partial(index)?;
         let f = self.open.remove(&index).expect("just opened");
         if !self.no_fsync {
@@ -580,18 +685,43 @@ impl Files {
             let _ = f.set_permissions(fs::Permissions::from_mode(e.mode & 0o7777));
         }
         drop(f);
-        fs::rename(self.partial(index), self.path(index))
+        fs::rename(self.partial(index), self.path(index))?;
+        self.dirty.remove(&index);
+        resume::remove_checkpoint(&self.path(index))
     }
 
-    /// Empty files have no blocks: they are finished up front.
-    fn finish_empty(&mut self) -> io::Result<()> {
+    /// Files with nothing left to receive (empty ones, resumed ones already whole) are
+    /// finished up front; skipped files are left alone.
+    fn finish_ready(&mut self) -> io::Result<()> {
         for i in 0..self.entries.len() as u32 {
-            if self.entries[i as usize].size == 0 {
+            let done = self.received[i as usize].len() == self.entries[i as usize].size;
+            if done && !self.skipped[i as usize] {
                 self.finish(i)?;
             }
         }
         Ok(())
     }
+}
+
+/// The global blocks the receiver holds at the start: every block of a skipped file, the
+/// held blocks of a resumed one.
+fn held_at_start(manifest: &Manifest, plans: &[FilePlan]) -> RangeSet {
+    let per_file: Vec<(u32, RangeSet)> = plans
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let i = i as u32;
+            let blocks = match p.action {
+                FileAction::Send => RangeSet::new(),
+                FileAction::Resume => p.held_blocks(),
+                FileAction::Skip => {
+                    RangeSet::from_ranges(std::iter::once(0..manifest.file_blocks(i)))
+                }
+            };
+            (i, blocks)
+        })
+        .collect();
+    manifest.global_blocks(per_file.iter().map(|(i, r)| (*i, r.ranges())))
 }
 
 enum Machine {
@@ -626,6 +756,8 @@ struct Session {
     /// The ferry user.
     user: String,
     wire_bytes: u64,
+    /// When written data is next made durable and checkpointed (receiving sessions).
+    next_checkpoint: Timestamp,
 }
 
 /// `limits` bounded by a host cap's `ceiling`.
@@ -665,9 +797,16 @@ impl Session {
         let sizes = spec.files.iter().map(|f| f.size).collect();
         let manifest = Manifest::new(sizes, spec.block_size)
             .map_err(|e| (ErrorCode::Protocol, e.to_string()))?;
+        let held = held_at_start(&manifest, &spec.plans);
+        let held_bytes: u64 = held
+            .ranges()
+            .iter()
+            .map(|r| manifest.bytes_in(r.clone()))
+            .sum();
+        // Progress counts what this session moves: resumed and skipped bytes stay out.
         progress
             .total
-            .store(manifest.total_bytes(), Ordering::Relaxed);
+            .store(manifest.total_bytes() - held_bytes, Ordering::Relaxed);
         let mut files = Files::new(&spec);
         let machine = match spec.role {
             Role::Sender => {
@@ -678,17 +817,19 @@ impl Session {
                 cfg.initial_rtt = spec.initial_rtt;
                 let buffers =
                     SlotBuffers::new(cfg.read_ahead, spec.block_size, spec.cipher.trailer_len());
-                Machine::Send(Box::new(Sender::new(cfg, manifest, now)), buffers)
+                let sender = Sender::new_resuming(cfg, manifest, held, now);
+                Machine::Send(Box::new(sender), buffers)
             }
             Role::Receiver => {
                 files
-                    .finish_empty()
-                    .map_err(|e| (io_code(&e), format!("creating empty files: {e}")))?;
+                    .finish_ready()
+                    .map_err(|e| (io_code(&e), format!("finishing complete files: {e}")))?;
                 let mut cfg =
                     ReceiverConfig::new(spec.session, spec.cipher, spec.secret, spec.direction);
                 cfg.max_datagram = 1472;
                 cfg.initial_rtt = spec.initial_rtt;
-                Machine::Recv(Box::new(Receiver::new(cfg, manifest, now)), vec![0; 2048])
+                let receiver = Receiver::new_resuming(cfg, manifest, held, now);
+                Machine::Recv(Box::new(receiver), vec![0; 2048])
             }
         };
         Ok(Session {
@@ -711,6 +852,7 @@ impl Session {
             ceiling: spec.ceiling_bps,
             user: spec.user.clone(),
             wire_bytes: 0,
+            next_checkpoint: now + CHECKPOINT_INTERVAL,
         })
     }
 
@@ -721,6 +863,10 @@ impl Session {
     }
 
     fn apply(&mut self, now: Timestamp, op: SessionOp) -> Result<(), String> {
+        if op == SessionOp::Abandon {
+            self.abandon(now);
+            return Ok(());
+        }
         let Machine::Send(s, _) = &mut self.machine else {
             // The peer sends: relay the change to it over the control channel.
             match op {
@@ -774,8 +920,32 @@ impl Session {
                 s.cancel(now);
                 self.fail(ErrorCode::PeerAborted, "cancelled by the operator".into());
             }
+            SessionOp::Abandon => unreachable!("handled above"),
         }
         Ok(())
+    }
+
+    /// Ends the session at the next reap; the peer gets a close datagram if it can.
+    fn abandon(&mut self, now: Timestamp) {
+        if let Machine::Send(s, _) = &mut self.machine {
+            s.cancel(now);
+        }
+        self.fail(
+            ErrorCode::PeerAborted,
+            "abandoned: the client went away, or a new session took over its files".into(),
+        );
+        self.finished = true;
+    }
+
+    /// Makes received data durable and checkpoints it, if the time has come.
+    fn checkpoint(&mut self, now: Timestamp) {
+        if !self.files.has_dirty() || now < self.next_checkpoint {
+            return;
+        }
+        self.next_checkpoint = now + CHECKPOINT_INTERVAL;
+        if let Err(e) = self.files.checkpoint_in_background() {
+            self.fail(io_code(&e), format!("checkpointing received data: {e}"));
+        }
     }
 
     fn info(&self, rate_bps: u64) -> SessionInfo {
@@ -1018,10 +1188,13 @@ impl Session {
     }
 
     fn poll_timeout(&self) -> Option<Timestamp> {
-        let t = match &self.machine {
+        let mut t = match &self.machine {
             Machine::Send(s, _) => s.poll_timeout(),
             Machine::Recv(r, _) => r.poll_timeout(),
         };
+        if self.files.has_dirty() {
+            t = Some(t.map_or(self.next_checkpoint, |t| t.min(self.next_checkpoint)));
+        }
         if self.heard {
             t
         } else {
@@ -1035,9 +1208,14 @@ impl Session {
             Machine::Send(s, _) => s.handle_timeout(now),
             Machine::Recv(r, _) => r.handle_timeout(now),
         }
+        self.checkpoint(now);
     }
 
-    fn into_report(self) -> (mpsc::Sender<SessionReport>, SessionReport) {
+    fn into_report(mut self) -> (mpsc::Sender<SessionReport>, SessionReport) {
+        // Whatever ended the session, what arrived stays resumable.
+        if let Err(e) = self.files.flush_checkpoints() {
+            self.fail(io_code(&e), format!("checkpointing received data: {e}"));
+        }
         let (bytes, retransmitted, drops) = match &self.machine {
             Machine::Send(s, _) => (
                 s.acknowledged_bytes(),
@@ -1208,7 +1386,7 @@ impl DataThread {
                     Ok(Command::Add(spec, report, progress, remote)) => {
                         let now = self.now();
                         let id = spec.session;
-                        match Session::new(spec, now, report.clone(), progress) {
+                        match Session::new(*spec, now, report.clone(), progress) {
                             Ok(mut s) => {
                                 s.remote = Some(remote);
                                 self.sessions.insert(id, s);
@@ -1359,6 +1537,7 @@ mod tests {
             initial_rtt: Duration::from_millis(10),
             user: "test".into(),
             ceiling_bps: None,
+            plans: Vec::new(),
         }
     }
 

@@ -5,9 +5,12 @@
 //!   [`ferry_proto::Sender`] and [`ferry_proto::Receiver`].
 //! - [`control`]: the SSH control channel (russh): server inside `ferryd`, client in `ferry`.
 //! - [`config`], [`paths`]: ferryd's configuration, and confinement of users to their docroot.
+//! - [`resume`]: resume levels, overwrite policies and the checkpoints of partial files;
+//!   [`sums`]: the source checksums levels 2 and 3 check against.
 #![warn(missing_docs)]
 
 pub mod caps;
+mod checkpointer;
 pub mod config;
 pub mod control;
 pub mod ctl_server;
@@ -17,3 +20,5 @@ pub mod metrics;
 pub mod paths;
 pub mod stats;
 pub mod translog;
+pub mod resume;
+pub mod sums;

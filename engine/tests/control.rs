@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use ferry_engine::config::{self, FerrydConfig};
-use ferry_engine::control::messages::secret_from_hex;
+use ferry_engine::control::messages::{FileAction, FilePlan, secret_from_hex};
 use ferry_engine::control::{
     ClientOptions, Control, DownloadRequest, ErrorCode, ServerHandle, SessionStarter,
     TransferParams, UploadRequest, serve,
@@ -268,6 +268,7 @@ fn upload_creates_directories_and_starts_a_receiver() {
                 ..Default::default()
             },
             client_udp: 40_000,
+            sums: Vec::new(),
         })
         .unwrap();
     assert_ne!(ready.session, 0);
@@ -402,6 +403,7 @@ fn download_lists_a_tree() {
             sources: vec!["/tree/".into()],
             params: TransferParams::default(),
             client_udp: 0,
+            negotiate: false,
         })
         .unwrap();
     let paths: Vec<_> = m.files.iter().map(|f| f.path.as_str()).collect();
@@ -446,6 +448,27 @@ fn download_lists_a_tree() {
     assert_eq!(m.files[0].path, "b.bin");
     assert!(m.dirs.is_empty());
     c.close();
+
+    // Negotiated: the file list comes first, and the client's plans reach the data plane.
+    let mut c = Control::connect(&opts).unwrap();
+    let req = DownloadRequest {
+        sources: vec!["tree/sub/b.bin".into()],
+        ..Default::default()
+    };
+    let (m, plans) = c
+        .download_negotiated(req, |offer| {
+            assert_eq!(offer.files.len(), 1);
+            assert_eq!(offer.files[0].path, "b.bin");
+            Ok(vec![FilePlan {
+                action: FileAction::Resume,
+                held: vec![(0, 1)],
+                reason: String::new(),
+            }])
+        })
+        .unwrap();
+    assert_eq!(m.files.len(), 1);
+    c.close();
+    assert_eq!(s.fake.specs.lock().unwrap().last().unwrap().plans, plans);
     for (src, want) in [
         ("/nope", ErrorCode::SourceMissing),
         ("/tree/leak", ErrorCode::OutsideDocroot),

@@ -1,5 +1,7 @@
 //! Which blocks a receiver holds, in memory bounded by the window.
 
+use crate::ranges::RangeSet;
+
 /// A set of global block numbers that is complete below `cum()`, and sparse in a window of
 /// at most `capacity` blocks above it: a ring of bit words that slides as `cum` advances.
 #[derive(Clone, Debug)]
@@ -11,6 +13,8 @@ pub struct BlockSet {
     cum: u64,
     capacity: u64,
     held: u64,
+    /// Blocks held before the session started (a resumed file), wherever they lie.
+    preheld: RangeSet,
 }
 
 /// What inserting a block did.
@@ -27,13 +31,22 @@ pub enum Insert {
 impl BlockSet {
     /// An empty set tracking at most `capacity` blocks above `cum`.
     pub fn new(capacity: u64) -> Self {
-        BlockSet {
+        Self::with_held(capacity, RangeSet::new())
+    }
+
+    /// A set that starts with `held` (a resumed transfer), tracking at most `capacity`
+    /// blocks above `cum` besides them.
+    pub fn with_held(capacity: u64, held: RangeSet) -> Self {
+        let mut s = BlockSet {
             words: Default::default(),
             base: 0,
             cum: 0,
             capacity: capacity.max(64),
-            held: 0,
-        }
+            held: held.len(),
+            preheld: held,
+        };
+        s.advance();
+        s
     }
 
     /// Every block below this is held.
@@ -48,7 +61,7 @@ impl BlockSet {
 
     /// Whether `block` is held.
     pub fn contains(&self, block: u64) -> bool {
-        if block < self.cum {
+        if block < self.cum || self.is_preheld(block) {
             return true;
         }
         let i = (block - self.base) / 64;
@@ -59,7 +72,7 @@ impl BlockSet {
 
     /// Adds `block`.
     pub fn insert(&mut self, block: u64) -> Insert {
-        if block < self.cum {
+        if block < self.cum || self.is_preheld(block) {
             return Insert::Duplicate;
         }
         if block >= self.cum + self.capacity {
@@ -81,18 +94,34 @@ impl BlockSet {
         Insert::New
     }
 
+    fn is_preheld(&self, block: u64) -> bool {
+        !self.preheld.is_empty() && self.preheld.contains(block)
+    }
+
+    /// Moves `cum` over every held block at it, then drops the ring words below it.
     fn advance(&mut self) {
-        while let Some(&w) = self.words.front() {
-            if w == u64::MAX {
-                self.words.pop_front();
-                self.base += 64;
-                self.cum = self.base;
+        loop {
+            if !self.preheld.is_empty()
+                && let Some(r) = self.preheld.range_at(self.cum)
+            {
+                self.cum = r.end;
                 continue;
             }
-            let from = (self.cum - self.base) as u32;
-            let ones = (w >> from).trailing_ones();
+            let off = self.cum - self.base;
+            let Some(&w) = self.words.get((off / 64) as usize) else {
+                break;
+            };
+            let ones = (w >> (off % 64)).trailing_ones();
+            if ones == 0 {
+                break;
+            }
             self.cum += u64::from(ones);
-            break;
+        }
+        let passed = (((self.cum - self.base) / 64) as usize).min(self.words.len());
+        self.words.drain(..passed);
+        self.base += 64 * passed as u64;
+        if self.words.is_empty() {
+            self.base = self.cum / 64 * 64;
         }
     }
 
@@ -141,7 +170,53 @@ mod tests {
         assert_eq!(runs, vec![(200, 5), (206, 4)]);
     }
 
+    #[test]
+    fn preheld_blocks_count_and_cum_jumps_over_them() {
+        let held = RangeSet::from_ranges([0..10, 20..30, 100..5000]);
+        let mut s = BlockSet::with_held(64, held);
+        assert_eq!(s.cum(), 10);
+        assert_eq!(s.held(), 10 + 10 + 4900);
+        assert!(s.contains(25) && s.contains(4999) && !s.contains(15));
+        // Held at the start, so a duplicate, even far beyond the window.
+        assert_eq!(s.insert(4000), Insert::Duplicate);
+        for b in 10..20 {
+            assert_eq!(s.insert(b), Insert::New);
+        }
+        assert_eq!(s.cum(), 30);
+        let mut runs = vec![];
+        s.missing_runs(0, 6000, 10, &mut runs);
+        assert_eq!(runs, vec![(30, 70), (5000, 1000)]);
+        for b in 30..100 {
+            s.insert(b);
+        }
+        assert_eq!(s.cum(), 5000);
+        assert_eq!(s.insert(5001), Insert::New);
+        assert_eq!(s.insert(5000), Insert::New);
+        assert_eq!(s.cum(), 5002);
+    }
+
     proptest! {
+        #[test]
+        fn with_held_matches_a_model(
+            held in proptest::collection::vec((0u64..300, 0u64..40), 0..8),
+            ops in proptest::collection::vec(0u64..400, 0..300),
+        ) {
+            let held = RangeSet::from_ranges(held.into_iter().map(|(a, n)| a..a + n));
+            let mut model: std::collections::BTreeSet<u64> =
+                held.ranges().iter().flat_map(|r| r.clone()).collect();
+            let mut s = BlockSet::with_held(1 << 20, held);
+            for b in ops {
+                let new = model.insert(b);
+                prop_assert_eq!(s.insert(b) == Insert::New, new);
+                let cum = (0..).find(|x| !model.contains(x)).unwrap();
+                prop_assert_eq!(s.cum(), cum);
+            }
+            for b in 0..450 {
+                prop_assert_eq!(s.contains(b), model.contains(&b));
+            }
+            prop_assert_eq!(s.held(), model.len() as u64);
+        }
+
         #[test]
         fn matches_a_model(ops in proptest::collection::vec(0u64..500, 0..400)) {
             let mut s = BlockSet::new(1 << 20);

@@ -9,14 +9,18 @@
 //! - [`crypto`]: per-direction keys and in-place sealing (AES-GCM, or CRC32 for `none`).
 //! - [`replay`]: the anti-replay window.
 //! - [`manifest`]: the files and the block grid over them.
+//! - [`ranges`] and [`checkpoint`]: what a resumed file already holds, and how that is
+//!   recorded on disk.
 //! - [`sender`] and [`receiver`]: the two state machines of a session.
 #![warn(missing_docs)]
 
 pub mod blockset;
+pub mod checkpoint;
 pub mod crypto;
 pub mod error;
 pub mod manifest;
 pub mod plan;
+pub mod ranges;
 pub mod receiver;
 pub mod replay;
 pub mod sender;
@@ -26,6 +30,7 @@ pub mod wire;
 pub use error::Error;
 pub use ferry_tuning::Timestamp;
 pub use manifest::Manifest;
+pub use ranges::RangeSet;
 pub use receiver::{Delivery, Receiver, ReceiverConfig, ReceiverEvent};
 pub use sender::{Sender, SenderConfig, SenderEvent, SlotBuffers, Transmit, TxBuffer, TxBuffers};
 pub use session::{Failure, FailureCode};

@@ -10,6 +10,8 @@ pub struct Manifest {
     sizes: Vec<u64>,
     /// Global number of each file's first block, plus the total at the end.
     first_block: Vec<u64>,
+    /// Session byte offset of each file's first byte, plus the total at the end.
+    first_byte: Vec<u64>,
     block_size: u32,
     total_bytes: u64,
 }
@@ -38,18 +40,22 @@ impl Manifest {
             return Err(ManifestError::TooManyFiles);
         }
         let mut first_block = Vec::with_capacity(sizes.len() + 1);
+        let mut first_byte = Vec::with_capacity(sizes.len() + 1);
         let (mut blocks, mut bytes) = (0u64, 0u64);
         for &size in &sizes {
             first_block.push(blocks);
+            first_byte.push(bytes);
             blocks = blocks
                 .checked_add(size.div_ceil(u64::from(block_size)))
                 .ok_or(ManifestError::Overflow)?;
             bytes = bytes.checked_add(size).ok_or(ManifestError::Overflow)?;
         }
         first_block.push(blocks);
+        first_byte.push(bytes);
         Ok(Manifest {
             sizes,
             first_block,
+            first_byte,
             block_size,
             total_bytes: bytes,
         })
@@ -78,6 +84,52 @@ impl Manifest {
     /// Bytes in the whole session.
     pub fn total_bytes(&self) -> u64 {
         self.total_bytes
+    }
+
+    /// Global number of file `index`'s first block (for an index past the end, the total).
+    pub fn first_block(&self, index: u32) -> u64 {
+        let i = (index as usize).min(self.sizes.len());
+        self.first_block[i]
+    }
+
+    /// Blocks of file `index` (0 for an empty or unknown file).
+    pub fn file_blocks(&self, index: u32) -> u64 {
+        match self.sizes.get(index as usize) {
+            Some(_) => self.first_block[index as usize + 1] - self.first_block[index as usize],
+            None => 0,
+        }
+    }
+
+    /// The global blocks of file-local block ranges, per file in manifest order; ranges
+    /// beyond a file's last block are cut off there.
+    pub fn global_blocks<'a>(
+        &self,
+        per_file: impl IntoIterator<Item = (u32, &'a [core::ops::Range<u64>])>,
+    ) -> crate::RangeSet {
+        let mut set = crate::RangeSet::new();
+        for (file, ranges) in per_file {
+            let (first, n) = (self.first_block(file), self.file_blocks(file));
+            for r in ranges {
+                set.insert(first + r.start.min(n)..first + r.end.min(n));
+            }
+        }
+        set
+    }
+
+    /// Payload bytes of the global blocks in `blocks`.
+    pub fn bytes_in(&self, blocks: core::ops::Range<u64>) -> u64 {
+        self.byte_offset(blocks.end)
+            .saturating_sub(self.byte_offset(blocks.start))
+    }
+
+    /// Bytes of every global block below `block`.
+    fn byte_offset(&self, block: u64) -> u64 {
+        if block >= self.total_blocks() {
+            return self.total_bytes;
+        }
+        let file = self.first_block.partition_point(|&f| f <= block) - 1;
+        let within = (block - self.first_block[file]) * u64::from(self.block_size);
+        self.first_byte[file] + within.min(self.sizes[file])
     }
 
     /// The bytes global block `block` names. Panics if `block >= total_blocks()`.
@@ -128,6 +180,16 @@ mod tests {
         assert_eq!((b.file, b.offset, b.len), (2, 24, 1));
         assert_eq!(m.global(&b), Some(5));
         assert_eq!(
+            (m.first_block(2), m.file_blocks(2), m.file_blocks(1)),
+            (2, 4, 0)
+        );
+        let one = std::slice::from_ref(&(0..1));
+        let held = m.global_blocks([(0, one), (2, &[1..3, 3..99][..]), (7, one)]);
+        assert_eq!(held.ranges(), &[0..1, 3..6]);
+        assert_eq!(m.bytes_in(0..6), 35);
+        assert_eq!(m.bytes_in(1..3), 2 + 8);
+        assert_eq!(m.bytes_in(5..6), 1);
+        assert_eq!(
             m.global(&BlockRef {
                 file: 2,
                 offset: 4,
@@ -172,7 +234,10 @@ mod tests {
                 covered[b.file as usize] += u64::from(b.len);
                 prop_assert_eq!(m.global(&b), Some(g));
             }
-            prop_assert_eq!(covered, sizes);
+            prop_assert_eq!(&covered, &sizes);
+            for g in 0..m.total_blocks() {
+                prop_assert_eq!(m.bytes_in(g..g + 1), u64::from(m.block(g).len));
+            }
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::Timestamp;
 use crate::blockset::{BlockSet, Insert};
 use crate::crypto::{Aead, Cipher, DefaultAead, Direction, PacketKey};
 use crate::manifest::Manifest;
+use crate::ranges::RangeSet;
 use crate::session::{DropCounters, Failure, FailureCode, Inbound, RttEstimator};
 use crate::wire::{self, Close, Feedback, Header, Kind, NackRange, Packet, data_flags};
 
@@ -158,6 +159,8 @@ pub struct Receiver<A: Aead = DefaultAead> {
     stats: ReceiverStats,
 
     blocks: BlockSet,
+    /// Blocks held before the session started (a resumed transfer).
+    preheld: RangeSet,
     highest: u64,
     writes_pending: u64,
     /// Ranges of blocks to check for a NACK at a time: `(due, first, end)`.
@@ -185,6 +188,25 @@ pub struct Receiver<A: Aead = DefaultAead> {
 impl<A: Aead> Receiver<A> {
     /// A receiver of `manifest` starting at `now`.
     pub fn new(cfg: ReceiverConfig, manifest: Manifest, now: Timestamp) -> Self {
+        Self::new_resuming(cfg, manifest, RangeSet::new(), now)
+    }
+
+    /// A receiver that already holds the global blocks `held` (a resumed transfer, whose
+    /// sender was told the same set): they are never written again, and count as held in
+    /// every feedback. Completes at once if `held` covers the manifest; poll for
+    /// [`ReceiverEvent::Complete`].
+    pub fn new_resuming(
+        cfg: ReceiverConfig,
+        manifest: Manifest,
+        held: RangeSet,
+        now: Timestamp,
+    ) -> Self {
+        let total = manifest.total_blocks();
+        let held = RangeSet::from_ranges(
+            held.ranges()
+                .iter()
+                .map(|r| r.start.min(total)..r.end.min(total)),
+        );
         let open = PacketKey::new(&cfg.secret, cfg.cipher, cfg.direction);
         let seal = PacketKey::new(&cfg.secret, cfg.cipher, cfg.direction.reverse());
         let mut r = Receiver {
@@ -193,7 +215,8 @@ impl<A: Aead> Receiver<A> {
             state: State::Receiving,
             events: VecDeque::new(),
             stats: ReceiverStats::default(),
-            blocks: BlockSet::new(cfg.window_blocks),
+            blocks: BlockSet::with_held(cfg.window_blocks, held.clone()),
+            preheld: held,
             highest: 0,
             writes_pending: 0,
             nack_due: BinaryHeap::new(),
@@ -508,6 +531,13 @@ impl<A: Aead> Receiver<A> {
         }
     }
 
+    /// Blocks below `highest` not held (`highest` at least every block received).
+    fn missing_below(&self, highest: u64) -> u64 {
+        let above = self.preheld.count_in(highest, u64::MAX);
+        let below = self.blocks.held().saturating_sub(above);
+        highest - below.min(highest)
+    }
+
     fn nack_is_due(&self, now: Timestamp) -> bool {
         self.nack_due
             .peek()
@@ -545,10 +575,13 @@ impl<A: Aead> Receiver<A> {
         }
         // A burst still arriving counts as far as it got; it goes on after this feedback.
         self.pair_rate = self.pair_rate.max(Self::burst_rate(&self.burst));
+        // Blocks held from the start may put the contiguous point past every block
+        // received so far; the highest block held is then at least that.
+        let highest = self.highest.max(self.blocks.cum());
         let fb = Feedback {
             cum_block: self.blocks.cum(),
-            highest_block: self.highest,
-            missing_blocks: self.highest - self.blocks.held().min(self.highest),
+            highest_block: highest,
+            missing_blocks: self.missing_below(highest),
             recv_bytes: self.recv_bytes,
             recv_time_us: now.as_micros(),
             owd_min_us: self.owd_min.take(),

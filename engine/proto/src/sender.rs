@@ -21,6 +21,7 @@ use ferry_tuning::{CapLease, Controller, PathSignal, Policy, PolicyController, R
 use crate::Timestamp;
 use crate::crypto::{Aead, Cipher, DefaultAead, Direction, PacketKey};
 use crate::manifest::Manifest;
+use crate::ranges::RangeSet;
 use crate::session::{DropCounters, Failure, FailureCode, Inbound, RttEstimator};
 use crate::wire::{self, BlockRef, Close, Feedback, Header, Kind, Packet, data_flags};
 
@@ -281,6 +282,15 @@ pub struct Sender<A: Aead = DefaultAead> {
     completed: bool,
     /// Data sending paused by the operator.
     paused: bool,
+
+    /// Blocks the receiver held before the session started: never read nor sent.
+    skip: RangeSet,
+    /// The last block that is sent at all (the final block, unless the receiver holds it).
+    last_new: Option<u64>,
+    /// Payload bytes of the skipped blocks.
+    skipped_bytes: u64,
+    /// Send a keepalive at once: with nothing to send, it tells the receiver where we are.
+    announce: bool,
 }
 
 use ferry_tuning::Pacer;
@@ -288,10 +298,38 @@ use ferry_tuning::Pacer;
 impl<A: Aead> Sender<A> {
     /// A sender of `manifest` starting at `now`.
     pub fn new(cfg: SenderConfig, manifest: Manifest, now: Timestamp) -> Self {
+        Self::new_resuming(cfg, manifest, RangeSet::new(), now)
+    }
+
+    /// A sender whose receiver already holds the global blocks `held` (a resumed
+    /// transfer, agreed over the control channel): they are never read nor sent, and
+    /// progress counts only the rest. The receiver must start with the same set
+    /// ([`Receiver::new_resuming`](crate::Receiver::new_resuming)).
+    pub fn new_resuming(
+        cfg: SenderConfig,
+        manifest: Manifest,
+        held: RangeSet,
+        now: Timestamp,
+    ) -> Self {
+        let total = manifest.total_blocks();
+        let skip = RangeSet::from_ranges(
+            held.ranges()
+                .iter()
+                .map(|r| r.start.min(total)..r.end.min(total)),
+        );
+        let skipped_bytes = skip
+            .ranges()
+            .iter()
+            .map(|r| manifest.bytes_in(r.clone()))
+            .sum::<u64>();
+        let last_new = skip.last_gap_below(total);
+        // The receiver's contiguous point starts past a held prefix: so does the window.
+        let cum = skip.range_at(0).map_or(0, |r| r.end);
         let seal = PacketKey::new(&cfg.secret, cfg.cipher, cfg.direction);
         let open = PacketKey::new(&cfg.secret, cfg.cipher, cfg.direction.reverse());
         let mss = manifest.block_size() as usize;
-        let copy_budget = (manifest.total_bytes() as f64 * cfg.tail_redundancy) as u64;
+        let to_send = manifest.total_bytes() - skipped_bytes;
+        let copy_budget = (to_send as f64 * cfg.tail_redundancy) as u64;
         Sender {
             controller: PolicyController::new(cfg.policy, cfg.limits, mss),
             // Bursts of about 256 KiB at most: enough datagrams to measure dispersion, not so
@@ -305,9 +343,9 @@ impl<A: Aead> Sender<A> {
             events: VecDeque::new(),
             stats: SenderStats::default(),
             next_pn: 0,
-            next_new: 0,
+            next_new: cum,
             sent_frontier: 0,
-            cum: 0,
+            cum,
             highest: 0,
             missing: 0,
             resend_order: BTreeSet::new(),
@@ -336,6 +374,10 @@ impl<A: Aead> Sender<A> {
             feedback_gap: Duration::from_millis(5),
             completed: false,
             paused: false,
+            announce: last_new.is_none(),
+            skip,
+            last_new,
+            skipped_bytes,
             manifest,
             cfg,
         }
@@ -348,6 +390,18 @@ impl<A: Aead> Sender<A> {
     /// kept between calls.
     pub fn drain_delivery_latencies(&mut self) -> std::vec::Drain<'_, Duration> {
         self.delivery_latencies.drain(..)
+    }
+
+    /// Payload bytes the receiver held before the session started (not sent again).
+    pub fn skipped_bytes(&self) -> u64 {
+        self.skipped_bytes
+    }
+
+    /// Moves `next_new` past blocks the receiver held at the start.
+    fn skip_held(&mut self) {
+        if let Some(r) = self.skip.range_at(self.next_new) {
+            self.next_new = r.end;
+        }
     }
 
     /// Draws from a host-wide cap from now on.
@@ -408,12 +462,14 @@ impl<A: Aead> Sender<A> {
     }
 
     /// Payload bytes the receiver reports taken in (duplicates included, so an
-    /// approximation for progress), at most the manifest's total.
+    /// approximation for progress), at most what this session has to send: the
+    /// manifest's total less [`skipped_bytes`](Self::skipped_bytes).
     pub fn acknowledged_bytes(&self) -> u64 {
+        let to_send = self.manifest.total_bytes() - self.skipped_bytes;
         if self.state != State::Sending && self.events_completed() {
-            return self.manifest.total_bytes();
+            return to_send;
         }
-        self.acked_payload.min(self.manifest.total_bytes())
+        self.acked_payload.min(to_send)
     }
 
     fn events_completed(&self) -> bool {
@@ -625,8 +681,10 @@ impl<A: Aead> Sender<A> {
             } else if self.next_new < self.manifest.total_blocks()
                 && self.next_new < self.cum + self.cfg.window_blocks
             {
+                let block = self.next_new;
                 self.next_new += 1;
-                (self.next_new - 1, Origin::New)
+                self.skip_held();
+                (block, Origin::New)
             } else {
                 return;
             };
@@ -717,7 +775,8 @@ impl<A: Aead> Sender<A> {
                 }
             }
         }
-        if now.saturating_since(self.last_send) >= self.cfg.keepalive_interval {
+        if self.announce || now.saturating_since(self.last_send) >= self.cfg.keepalive_interval {
+            self.announce = false;
             let len = self.write_control(buffers.control(), now, Kind::Keepalive, 0)?;
             return Some(Transmit {
                 buffer: TxBuffer::Control,
@@ -750,7 +809,7 @@ impl<A: Aead> Sender<A> {
                     self.delivery_marks.push_back((ready.block, now));
                 }
                 self.sent_frontier = self.sent_frontier.max(ready.block + 1);
-                if ready.block + 1 == self.manifest.total_blocks() {
+                if Some(ready.block) == self.last_new {
                     // Nothing follows the final block to reveal its loss: send copies.
                     for _ in 0..2 {
                         self.copies.push_back(ready.block);
@@ -873,6 +932,9 @@ impl<A: Aead> Sender<A> {
             State::Done => return None,
             State::Closing { .. } => return Some(Timestamp::ZERO),
             State::Sending => {}
+        }
+        if self.announce {
+            return Some(Timestamp::ZERO);
         }
         let mut t = self.last_recv + self.cfg.data_timeout;
         t = t.min(self.last_send + self.cfg.keepalive_interval);

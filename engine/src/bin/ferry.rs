@@ -15,10 +15,13 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use ferry_engine::config::parse_rate;
 use ferry_engine::control::client::{ClientOptions, Control, default_known_hosts, default_user};
+use ferry_engine::control::messages::Offer;
 use ferry_engine::control::messages::Steer;
 use ferry_engine::control::{DownloadRequest, ErrorCode, TransferParams, UploadRequest};
 use ferry_engine::data::{self, DataPlane, FileEntry, Role, SessionReport, SessionSpec};
 use ferry_engine::paths::validate_relative;
+use ferry_engine::resume::{self, FileAction, FilePlan, Overwrite, ResumePolicy};
+use ferry_engine::sums::FileSums;
 use ferry_proto::crypto::{Cipher, Direction};
 use ferry_tuning::{Policy, RateLimits};
 
@@ -78,12 +81,16 @@ struct Options {
     /// aes128 | aes256 | none.
     #[arg(short = 'c', long, default_value = "aes128")]
     cipher: Cipher,
-    /// Resume level 0..3 (not implemented yet: files are sent whole).
-    #[arg(short = 'k', long, default_value_t = 0)]
+    /// Resume level: 0 sends whole files; 1 resumes partial files whose checkpoint matches
+    /// the source's size and mtime; 2 and 3 also compare a sparse or a full checksum of the
+    /// source (and judge existing files by content).
+    #[arg(short = 'k', long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=3))]
     resume: u8,
-    /// never | always | diff | older | diff+older (not implemented yet: always).
+    /// When an existing destination file is replaced: never | always | diff | older |
+    /// diff+older (diff: always at -k 0, by size and mtime at -k 1, by size and checksum at
+    /// -k 2 and 3).
     #[arg(long, default_value = "diff")]
-    overwrite: String,
+    overwrite: Overwrite,
     /// Multi-session count (not implemented yet: one session).
     #[arg(long)]
     sessions: Option<u32>,
@@ -138,6 +145,10 @@ impl From<(ErrorCode, String)> for Failure {
 /// What the last JSON line and the summary need.
 struct Outcome {
     files: usize,
+    /// What was decided for each file.
+    plans: Vec<FilePlan>,
+    /// Payload bytes resumed files already had at the destination.
+    resumed_bytes: u64,
     bytes: u64,
     wire_bytes: u64,
     retransmitted_bytes: u64,
@@ -172,6 +183,7 @@ fn main() -> ExitCode {
             } else {
                 0
             };
+            let count = |a: FileAction| o.plans.iter().filter(|p| p.action == a).count();
             if json {
                 println!(
                     "{}",
@@ -180,9 +192,18 @@ fn main() -> ExitCode {
                         "elapsed_s": elapsed, "rate_bps": rate, "wire_bytes": o.wire_bytes,
                         "retransmitted_bytes": o.retransmitted_bytes,
                         "code": null, "message": null,
+                        "skipped": count(FileAction::Skip), "resumed": count(FileAction::Resume),
+                        "resumed_bytes": o.resumed_bytes,
                     })
                 );
             } else {
+                let (skipped, resumed) = (count(FileAction::Skip), count(FileAction::Resume));
+                if skipped + resumed > 0 {
+                    eprintln!(
+                        "{skipped} file(s) skipped, {resumed} resumed ({} already there)",
+                        human_bytes(o.resumed_bytes)
+                    );
+                }
                 eprintln!(
                     "done: {} file(s), {} in {:.2} s, {} during the data phase",
                     o.files,
@@ -213,23 +234,48 @@ fn main() -> ExitCode {
 }
 
 fn warn_unimplemented(o: &Options) {
-    if o.resume != 0 {
-        eprintln!(
-            "ferry: note: resume (-k {}) is not implemented yet; files are sent whole",
-            o.resume
-        );
-    }
     if o.sessions.is_some_and(|n| n > 1) || o.split_threshold.is_some() {
         eprintln!(
             "ferry: note: multi-session transfers are not implemented yet; using one session"
         );
     }
-    if o.overwrite != "diff" && o.overwrite != "always" {
-        eprintln!(
-            "ferry: note: --overwrite {} is not implemented yet; existing files are replaced",
-            o.overwrite
-        );
+}
+
+fn resume_policy(o: &Options) -> ResumePolicy {
+    ResumePolicy {
+        level: o.resume,
+        overwrite: o.overwrite,
     }
+}
+
+/// Tells the person (or the JSON reader) what happens to each file before data moves:
+/// one `file` event per file with `--json`, a line per skipped or resumed file otherwise.
+fn announce_plans(files: &[FileEntry], plans: &[FilePlan], block_size: u32, json: bool) -> u64 {
+    let mut resumed_bytes = 0;
+    for (f, plan) in files.iter().zip(plans) {
+        let held = match plan.action {
+            FileAction::Resume => plan.held_bytes(f.size, block_size),
+            _ => 0,
+        };
+        resumed_bytes += held;
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "event": "file", "path": f.path, "action": plan.action.outcome(),
+                    "size": f.size, "resumed_bytes": held, "reason": plan.reason,
+                })
+            );
+        } else if plan.action != FileAction::Send {
+            eprintln!(
+                "ferry: {}: {} ({})",
+                f.path,
+                plan.action.outcome(),
+                plan.reason
+            );
+        }
+    }
+    resumed_bytes
 }
 
 fn client_options(o: &Options, r: &Remote) -> ClientOptions {
@@ -249,6 +295,8 @@ fn params(o: &Options, block_size: u32, rtt: Duration) -> TransferParams {
         target_bps: o.target_rate.unwrap_or(0),
         min_bps: o.min_rate.unwrap_or(0),
         block_size,
+        resume_level: o.resume,
+        overwrite: o.overwrite.to_string(),
     }
 }
 
@@ -367,12 +415,14 @@ fn send(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
     let block = data::block_size_for(&server_tcp, o.cipher);
     let (mut control, rtt) = connect(o, &remote)?;
     let plane = start_data_plane(&server_tcp)?;
+    let sums = source_sums(&files, &locals, o.resume)?;
     let ready = control.upload(UploadRequest {
         dest: remote.path.clone(),
         files: files.clone(),
         dirs,
         params: params(o, block, rtt),
         client_udp: plane.local_addr().port(),
+        sums,
     })?;
     let secret =
         ferry_engine::control::messages::secret_from_hex(&ready.secret).ok_or_else(|| {
@@ -382,6 +432,17 @@ fn send(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
             )
         })?;
     let peer = SocketAddr::new(server_tcp.ip(), ready.udp_port);
+    let plans = match ready.plans.len() {
+        0 => vec![FilePlan::default(); files.len()],
+        n if n == files.len() => ready.plans.clone(),
+        n => {
+            return Err(Failure(
+                ErrorCode::Protocol,
+                format!("the server sent {n} plans for {} files", files.len()),
+            ));
+        }
+    };
+    let resumed_bytes = announce_plans(&files, &plans, ready.block_size, o.json);
     // The data plane reads each file from its local path: the manifest names travel, the
     // local paths stay here.
     let local_files = files
@@ -413,6 +474,7 @@ fn send(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
         initial_rtt: rtt,
         user: remote.user.clone(),
         ceiling_bps: ready.ceiling_bps,
+        plans: plans.clone(),
     };
     let report = run_session(&plane, &mut control, spec, o.json)?;
     // A failure seen here (a source that vanished) is more specific than the server's view
@@ -435,6 +497,8 @@ fn send(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
     }
     Ok(Outcome {
         files: files.len(),
+        plans,
+        resumed_bytes,
         bytes: done.bytes.max(report.bytes),
         wire_bytes: report.wire_bytes,
         retransmitted_bytes: report.retransmitted_bytes,
@@ -477,11 +541,15 @@ fn recv(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
     let block = data::block_size_for(&server_tcp, o.cipher);
     let (mut control, rtt) = connect(o, &remote)?;
     let plane = start_data_plane(&server_tcp)?;
-    let manifest = control.download(DownloadRequest {
+    let request = DownloadRequest {
         sources: paths,
         params: params(o, block, rtt),
         client_udp: plane.local_addr().port(),
-    })?;
+        negotiate: true,
+    };
+    let policy = resume_policy(o);
+    let (manifest, plans) =
+        control.download_negotiated(request, |offer| plan_download(&dest, offer, policy))?;
     for d in &manifest.dirs {
         validate_relative(d)
             .map_err(|e| Failure(ErrorCode::Protocol, format!("server sent {d:?}: {e}")))?;
@@ -501,6 +569,7 @@ fn recv(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
         })?;
     }
     let s = &manifest.session;
+    let resumed_bytes = announce_plans(&manifest.files, &plans, s.block_size, o.json);
     let secret = ferry_engine::control::messages::secret_from_hex(&s.secret).ok_or_else(|| {
         Failure(
             ErrorCode::Protocol,
@@ -526,6 +595,7 @@ fn recv(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
         initial_rtt: rtt,
         user: remote.user.clone(),
         ceiling_bps: s.ceiling_bps,
+        plans: plans.clone(),
     };
     let report = run_session(&plane, &mut control, spec, o.json)?;
     if let Some(err) = report.error {
@@ -538,11 +608,66 @@ fn recv(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
     };
     Ok(Outcome {
         files: manifest.files.len(),
+        plans,
+        resumed_bytes,
         bytes: report.bytes,
         wire_bytes: wire,
         retransmitted_bytes: retx,
         data_secs: report.data_secs,
     })
+}
+
+/// The checksums of each local source for resume level `level` (none below 2).
+fn source_sums(
+    files: &[FileEntry],
+    locals: &[PathBuf],
+    level: u8,
+) -> Result<Vec<FileSums>, Failure> {
+    if level < 2 {
+        return Ok(Vec::new());
+    }
+    files
+        .iter()
+        .zip(locals)
+        .map(|(f, local)| {
+            FileSums::compute(local, f.size, level).map_err(|e| {
+                Failure(
+                    ErrorCode::from_io(&e),
+                    format!("reading {}: {e}", local.display()),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Decides, for each offered file of a download, whether it is sent, resumed or skipped
+/// against what lies under `dest` (names are checked before any path is built from them).
+fn plan_download(
+    dest: &Path,
+    offer: &Offer,
+    policy: ResumePolicy,
+) -> Result<Vec<FilePlan>, (ErrorCode, String)> {
+    offer
+        .files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            validate_relative(&f.path).map_err(|e| {
+                (
+                    ErrorCode::Protocol,
+                    format!("server sent {:?}: {e}", f.path),
+                )
+            })?;
+            let path = dest.join(&f.path);
+            let sums = offer.sums.get(i);
+            resume::plan_file(&path, f, offer.block_size, policy, sums).map_err(|e| {
+                (
+                    ErrorCode::from_io(&e),
+                    format!("preparing {}: {e}", path.display()),
+                )
+            })
+        })
+        .collect()
 }
 
 /// Runs one session to its end, reporting progress at least once a second.
@@ -596,10 +721,23 @@ fn run_session(
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
         }
+        if control.is_lost() {
+            // ferryd died or the network broke: waiting for the data timeout would only
+            // delay the error. What arrived stays resumable.
+            let _ = plane.control(id, data::SessionOp::Abandon);
+            let _ = handle.report.recv_timeout(Duration::from_secs(10));
+            return Err(Failure(
+                ErrorCode::PeerAborted,
+                "the control connection to ferryd was lost (ferryd stopped, or the network \
+                 failed)"
+                    .into(),
+            ));
+        }
         if INTERRUPTED.load(Ordering::Relaxed) {
-            // A sending session tells its receiver at once; a receiving one lets the
-            // sender time out. Incomplete files stay NAME.partial either way.
-            let _ = plane.control(id, data::SessionOp::Cancel);
+            // A sending session tells its receiver at once; a receiving one tells its
+            // sender and checkpoints what it has. Incomplete files stay NAME.partial.
+            let _ = plane.control(id, data::SessionOp::Abandon);
+            let _ = handle.report.recv_timeout(Duration::from_secs(5));
             if let Some(b) = &bar {
                 b.abandon();
             }

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -142,7 +143,7 @@ fn run(
         ),
         None => None,
     };
-    let ctl_server = ctl_server::serve(&ctl, data, info).context("control socket")?;
+    let ctl_server = ctl_server::serve(&ctl, data.clone(), info).context("control socket")?;
 
     let mut out = std::io::stdout().lock();
     // `metrics=` only when enabled: the contract's fields come first, as they always do.
@@ -159,6 +160,8 @@ fn run(
     drop(out);
 
     server.wait();
+    // Sessions still running end here, so that what they received stays resumable.
+    data.abandon_all(Duration::from_secs(10));
     ctl_server.shutdown();
     eprintln!("ferryd: stopped");
     Ok(())

@@ -15,8 +15,8 @@ use russh::{Channel, ChannelMsg};
 
 use super::known_hosts::{self, HostKeyStatus};
 use super::messages::{
-    ClientMsg, Done, DownloadRequest, LineBuffer, Manifest, PROTOCOL_VERSION, Ready, ServerMsg,
-    UploadRequest, encode_line,
+    ClientMsg, Done, DownloadRequest, FilePlan, LineBuffer, Manifest, Offer, PROTOCOL_VERSION,
+    Plans, Ready, ServerMsg, UploadRequest, encode_line,
 };
 use super::{ControlError, ErrorCode, SUBSYSTEM};
 
@@ -102,6 +102,8 @@ struct Inner {
     lines: LineBuffer,
     /// Messages read while looking for steering, kept for the next reply.
     pending: std::collections::VecDeque<ServerMsg>,
+    /// The channel closed or broke before the server's `Done`.
+    lost: bool,
 }
 
 impl Control {
@@ -167,6 +169,40 @@ impl Control {
         })
     }
 
+    /// Asks to download, deciding what to do with each file before the session starts:
+    /// `decide` sees the offered files and returns one plan per file (resume, skip or
+    /// send), which the server's sender honours. Returns the manifest and those plans.
+    pub fn download_negotiated(
+        &mut self,
+        mut req: DownloadRequest,
+        decide: impl FnOnce(&Offer) -> Result<Vec<FilePlan>, ControlError>,
+    ) -> Result<(Manifest, Vec<FilePlan>), ControlError> {
+        req.negotiate = true;
+        let inner = &mut self.inner;
+        self.rt.block_on(async {
+            inner.send(&ClientMsg::Download(req)).await?;
+            let offer = match inner.next_reply().await? {
+                ServerMsg::Offer(o) => o,
+                other => return Err(unexpected(&other)),
+            };
+            let plans = decide(&offer)?;
+            let msg = ClientMsg::Plans(Plans {
+                files: plans.clone(),
+            });
+            inner.send(&msg).await?;
+            match inner.next_reply().await? {
+                ServerMsg::Manifest(m) => Ok((m, plans)),
+                other => Err(unexpected(&other)),
+            }
+        })
+    }
+
+    /// Whether the control channel has been lost: closed or broken before the server's
+    /// [`Done`] arrived. [`poll_steer`](Self::poll_steer) notices it.
+    pub fn is_lost(&self) -> bool {
+        self.inner.lost
+    }
+
     /// Waits up to `wait` for a live change the server relays from its operator
     /// (`ferryctl set-rate` on an upload, whose sender is this client). Other messages are
     /// kept for [`wait_done`](Self::wait_done).
@@ -180,11 +216,25 @@ impl Control {
         {
             return Some(s);
         }
-        let msg = self
+        if inner.lost {
+            std::thread::sleep(wait);
+            return None;
+        }
+        let msg = match self
             .rt
             .block_on(async { tokio::time::timeout(wait, inner.read_msg()).await })
             .ok()?
-            .ok()?;
+        {
+            Ok(m) => m,
+            Err(_) => {
+                // Closed or broken; a Done already read means the server finished first.
+                inner.lost = !inner
+                    .pending
+                    .iter()
+                    .any(|m| matches!(m, ServerMsg::Done(_)));
+                return None;
+            }
+        };
         match msg {
             ServerMsg::Steer(s) => Some(s),
             other => {
@@ -239,6 +289,7 @@ fn unexpected(msg: &ServerMsg) -> ControlError {
         ServerMsg::Hello { .. } => "hello",
         ServerMsg::Ready(_) => "ready",
         ServerMsg::Manifest(_) => "manifest",
+        ServerMsg::Offer(_) => "offer",
         ServerMsg::Done(_) => "done",
         ServerMsg::Steer(_) => "steer",
         ServerMsg::Error(_) => "error",
@@ -388,6 +439,7 @@ async fn connect(opts: &ClientOptions) -> Result<Connected, ControlError> {
         channel,
         lines: LineBuffer::default(),
         pending: Default::default(),
+        lost: false,
     };
     inner
         .send(&ClientMsg::Hello {

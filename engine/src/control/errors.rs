@@ -49,6 +49,8 @@ pub enum ErrorCode {
     FileChanged,
     /// A file's checksum did not match after the transfer.
     ChecksumMismatch,
+    /// Another session is receiving into the same file and would not let go of it.
+    FileBusy,
     /// The two sides do not understand each other (version, malformed message).
     Protocol,
     /// A request or option is not valid (bad rate, unknown cipher or policy).
@@ -61,7 +63,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::TcpConnect,
         ErrorCode::NetworkUnreachable,
         ErrorCode::Auth,
@@ -81,6 +83,7 @@ impl ErrorCode {
         ErrorCode::SourceVanished,
         ErrorCode::FileChanged,
         ErrorCode::ChecksumMismatch,
+        ErrorCode::FileBusy,
         ErrorCode::Protocol,
         ErrorCode::BadRequest,
         ErrorCode::Io,
@@ -110,6 +113,7 @@ impl ErrorCode {
             ErrorCode::SourceVanished => 36,
             ErrorCode::FileChanged => 37,
             ErrorCode::ChecksumMismatch => 38,
+            ErrorCode::FileBusy => 39,
             ErrorCode::Protocol => 40,
             ErrorCode::BadRequest => 41,
             ErrorCode::Io => 50,
@@ -144,6 +148,7 @@ impl ErrorCode {
             ErrorCode::SourceVanished => "source_vanished",
             ErrorCode::FileChanged => "file_changed",
             ErrorCode::ChecksumMismatch => "checksum_mismatch",
+            ErrorCode::FileBusy => "file_busy",
             ErrorCode::Protocol => "protocol",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::Io => "io",
@@ -177,6 +182,7 @@ impl ErrorCode {
             ErrorCode::SourceVanished => "a source file disappeared during the transfer",
             ErrorCode::FileChanged => "a source file changed during the transfer",
             ErrorCode::ChecksumMismatch => "a file's checksum did not match after the transfer",
+            ErrorCode::FileBusy => "another transfer is receiving into the same file",
             ErrorCode::Protocol => "the client and server do not understand each other",
             ErrorCode::BadRequest => "the request is not valid",
             ErrorCode::Io => "an input/output error",
@@ -242,6 +248,9 @@ impl ErrorCode {
                 "transfer the file again once nothing is writing to it any more"
             }
             ErrorCode::ChecksumMismatch => "transfer the file again (resume level 0 re-sends it)",
+            ErrorCode::FileBusy => {
+                "wait for the other transfer to end (ferryctl sessions lists it), then resume"
+            }
             ErrorCode::Protocol => "use the same ferry version on both sides",
             ErrorCode::BadRequest => "check the options given (see ferry --help)",
             ErrorCode::Io => "check the file system and the path named",

@@ -5,9 +5,16 @@
 //! [`ServerMsg::Hello`], then [`ServerMsg::Ready`] (upload) or [`ServerMsg::Manifest`]
 //! (download), or [`ServerMsg::Error`]; when the data plane is done it sends
 //! [`ServerMsg::Done`] and closes the channel. One transfer per channel.
+//!
+//! Resume and overwrite are decided by the receiving side, file by file ([`FilePlan`]):
+//! for an upload ferryd decides and its [`Ready`] carries the plans; a download that sets
+//! [`DownloadRequest::negotiate`] first gets the file list ([`ServerMsg::Offer`]), answers
+//! with its plans ([`ClientMsg::Plans`]), and only then gets the [`ServerMsg::Manifest`].
 
 use crate::control::ErrorCode;
 use crate::data::FileEntry;
+pub use crate::resume::{FileAction, FilePlan};
+pub use crate::sums::FileSums;
 
 /// The control protocol version; both sides must speak the same one.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -28,6 +35,15 @@ pub enum ClientMsg {
     Upload(UploadRequest),
     /// Fetch files from the server.
     Download(DownloadRequest),
+    /// The answer to [`ServerMsg::Offer`]: what the client does with each file.
+    Plans(Plans),
+}
+
+/// The receiving client's decision for each offered file, in the offer's order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Plans {
+    /// One plan per file.
+    pub files: Vec<FilePlan>,
 }
 
 /// The rate and cipher a client asks for; zero and empty mean "the server's default".
@@ -47,6 +63,14 @@ pub struct TransferParams {
     /// The client's estimate of the round-trip time, microseconds; 0 when unknown.
     #[serde(default)]
     pub rtt_hint_us: u64,
+    /// Resume level 0..3 (`-k`): 0 sends whole files; 1 and up resume partial files whose
+    /// checkpoint matches the source's size and mtime.
+    #[serde(default)]
+    pub resume_level: u8,
+    /// Overwrite policy (`never`, `always`, `diff`, `older`, `diff+older`); empty means
+    /// `diff`.
+    #[serde(default)]
+    pub overwrite: String,
 }
 
 /// An upload: the client sends `files` into the directory `dest`.
@@ -65,6 +89,10 @@ pub struct UploadRequest {
     /// The client's UDP port (informational: the server learns the address from the first
     /// authentic datagram).
     pub client_udp: u16,
+    /// At resume levels 2 and 3: the checksums of each file, in `files` order, that ferryd
+    /// checks existing and partial files against.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sums: Vec<FileSums>,
 }
 
 /// A download: the server sends `sources` to the client.
@@ -78,6 +106,10 @@ pub struct DownloadRequest {
     pub params: TransferParams,
     /// The client's UDP port (informational).
     pub client_udp: u16,
+    /// Offer the files first ([`ServerMsg::Offer`]) and wait for the client's
+    /// [`ClientMsg::Plans`] before starting the session.
+    #[serde(default)]
+    pub negotiate: bool,
 }
 
 /// Server to client.
@@ -95,6 +127,9 @@ pub enum ServerMsg {
     Ready(Ready),
     /// The download's files; the server's sender waits for the client's first datagram.
     Manifest(Manifest),
+    /// The files a negotiated download would send; the client answers
+    /// [`ClientMsg::Plans`].
+    Offer(Offer),
     /// The transfer ended (the server's data plane reported).
     Done(Done),
     /// An operator changed the session on the server (`ferryctl`), but the client sends
@@ -127,6 +162,22 @@ pub struct Ready {
     /// exceeds it (later changes arrive as [`Steer::Ceiling`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ceiling_bps: Option<u64>,
+    /// For an upload: what ferryd does with each file, in the request's order (empty: send
+    /// every file whole).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plans: Vec<FilePlan>,
+}
+
+/// The files of a negotiated download, before its session starts.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Offer {
+    /// The files, paths relative to the client's destination, in the order they travel.
+    pub files: Vec<FileEntry>,
+    /// The block size the session will use (the plans' held blocks count in it).
+    pub block_size: u32,
+    /// At resume levels 2 and 3: each file's checksums, in `files` order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sums: Vec<FileSums>,
 }
 
 /// The server's answer to a download.
@@ -330,13 +381,27 @@ mod tests {
                     min_bps: 0,
                     block_size: 8192,
                     rtt_hint_us: 0,
+                    resume_level: 2,
+                    overwrite: "diff+older".into(),
                 },
                 client_udp: 40000,
+                sums: Vec::new(),
             }),
             ClientMsg::Download(DownloadRequest {
                 sources: vec!["/src.bin".into()],
                 params: TransferParams::default(),
                 client_udp: 0,
+                negotiate: true,
+            }),
+            ClientMsg::Plans(Plans {
+                files: vec![
+                    FilePlan::default(),
+                    FilePlan {
+                        action: FileAction::Resume,
+                        held: vec![(0, 10), (12, 20)],
+                        reason: "resuming".into(),
+                    },
+                ],
             }),
         ];
         for m in msgs {
@@ -362,6 +427,11 @@ mod tests {
             target_bps: 1,
             min_bps: 0,
             ceiling_bps: Some(300_000_000),
+            plans: vec![FilePlan {
+                action: FileAction::Skip,
+                held: Vec::new(),
+                reason: "same".into(),
+            }],
         };
         let msgs = [
             ServerMsg::Hello {
@@ -384,6 +454,14 @@ mod tests {
                 wire_bytes: 2,
                 retransmitted_bytes: 0,
                 data_secs: 0.5,
+            }),
+            ServerMsg::Offer(Offer {
+                files: vec![entry("y", 4)],
+                block_size: 1000,
+                sums: vec![FileSums {
+                    chunk: 65536,
+                    sums: vec![(0, 0xdead_beef)],
+                }],
             }),
             ServerMsg::Error(ErrorMsg::new(ErrorCode::OutsideDocroot, "no")),
         ];

@@ -10,6 +10,7 @@
 //! [`crate::data::SessionSpec`] values.
 
 pub mod authorized_keys;
+pub mod claims;
 pub mod client;
 pub mod errors;
 pub mod known_hosts;

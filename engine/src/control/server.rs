@@ -22,15 +22,17 @@ use russh::{Channel, ChannelId, ChannelMsg, MethodKind, MethodSet};
 use tokio::sync::watch;
 
 use super::authorized_keys;
+use super::claims::Claims;
 use super::messages::{
-    ClientMsg, Done, DownloadRequest, ErrorMsg, LineBuffer, Manifest, PROTOCOL_VERSION, Ready,
-    ServerMsg, TransferParams, UploadRequest, encode_line, to_hex,
+    ClientMsg, Done, DownloadRequest, ErrorMsg, FilePlan, FileSums, LineBuffer, Manifest, Offer,
+    PROTOCOL_VERSION, Ready, ServerMsg, TransferParams, UploadRequest, encode_line, to_hex,
 };
 use super::{ErrorCode, SUBSYSTEM};
 use crate::config::FerrydConfig;
 use crate::data::{DataPlane, FileEntry, Role, SessionHandle, SessionReport, SessionSpec};
 use crate::paths::{Docroot, PathError, validate_relative};
 use crate::translog::{self, Start, TransferLog};
+use crate::resume::{Overwrite, ResumePolicy};
 
 /// The largest payload per datagram: a UDP datagram (65 507 bytes) less the data header and
 /// the AEAD tag.
@@ -42,6 +44,8 @@ pub const MIN_BLOCK_SIZE: u32 = 512;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// How often a waiting transfer looks for its data-plane report.
 const REPORT_POLL: Duration = Duration::from_millis(20);
+/// How long a new upload waits for an older session to let go of the same files.
+const CLAIM_WAIT: Duration = Duration::from_secs(10);
 
 /// What the control plane needs of a data plane: start a session, and say where it listens.
 /// Implemented by [`DataPlane`]; tests use a fake.
@@ -50,11 +54,18 @@ pub trait SessionStarter: Send + Sync + 'static {
     fn start(&self, spec: SessionSpec) -> SessionHandle;
     /// The data plane's UDP port.
     fn udp_port(&self) -> u16;
+    /// Ends a session at once, without a word to its peer: its client has gone, or a new
+    /// session takes over its files. Its report still arrives.
+    fn abandon(&self, _session: u32) {}
 }
 
 impl SessionStarter for DataPlane {
     fn start(&self, spec: SessionSpec) -> SessionHandle {
         self.start_session(spec)
+    }
+
+    fn abandon(&self, session: u32) {
+        let _ = self.control(session, crate::data::SessionOp::Abandon);
     }
 
     fn udp_port(&self) -> u16 {
@@ -133,6 +144,8 @@ struct Shared<S> {
     starter: S,
     stop: watch::Receiver<bool>,
     log: TransferLog,
+    /// Destination files of running uploads, one session each.
+    claims: Claims,
 }
 
 /// Starts the control server on `listener` (already bound, so port 0 has its real port) on a
@@ -182,6 +195,7 @@ pub fn serve<S: SessionStarter>(
         starter,
         stop: stop_rx,
         log,
+        claims: Claims::default(),
     });
     let thread = std::thread::Builder::new()
         .name("ferry-control".into())
@@ -452,7 +466,16 @@ async fn run_channel<S: SessionStarter>(mut channel: Channel<Msg>, ctx: ChannelC
                     }
                     ClientMsg::Hello { .. } => {}
                     ClientMsg::Upload(req) => break 'request handle_upload(&ctx, req).await,
-                    ClientMsg::Download(req) => break 'request handle_download(&ctx, req).await,
+                    ClientMsg::Download(req) => {
+                        break 'request handle_download(&ctx, req, &mut channel, &mut lines).await;
+                    }
+                    ClientMsg::Plans(_) => {
+                        let err = ErrorMsg::new(
+                            ErrorCode::Protocol,
+                            "plans sent without a negotiated download",
+                        );
+                        break 'request (ServerMsg::Error(err), None);
+                    }
                 }
             }
         }
@@ -495,12 +518,25 @@ async fn run_channel<S: SessionStarter>(mut channel: Channel<Msg>, ctx: ChannelC
             e.code
         );
     }
-    if !send(&channel, &reply).await || refused {
+    if refused {
+        send(&channel, &reply).await;
         return finish(&channel, false).await;
     }
     let Some((session, rx, logged)) = report else {
         return finish(&channel, false).await;
     };
+    if !send(&channel, &reply).await {
+        // The client left before it heard of its session: nobody will use it.
+        let shared = ctx.shared.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            shared.starter.abandon(session);
+            // Its files are free once it has ended (checkpoints flushed).
+            let _ = rx.report.recv_timeout(Duration::from_secs(10));
+        })
+        .await;
+        ctx.shared.claims.release(session);
+        return finish(&channel, false).await;
+    }
     ctx.shared.log.start(&logged);
 
     // Phase 2: wait for the data plane's report.
@@ -533,10 +569,14 @@ async fn run_channel<S: SessionStarter>(mut channel: Channel<Msg>, ctx: ChannelC
                 Some(ChannelMsg::Close) | None => {
                     tracing::info!(
                         "{} ({}): session {session}: the client closed the control \
-                         channel",
+                         channel; ending the session",
                         ctx.peer, ctx.user
                     );
                     client_gone = true;
+                    // Its files are released (and checkpointed) now, not at the data
+                    // timeout: the client may well be back at once to resume.
+                    let shared = ctx.shared.clone();
+                    tokio::task::spawn_blocking(move || shared.starter.abandon(session));
                 }
                 _ => {}
             },
@@ -550,6 +590,7 @@ async fn run_channel<S: SessionStarter>(mut channel: Channel<Msg>, ctx: ChannelC
     ended.duration_s = done.data_secs;
     ended.error = done.error().map(|(c, m)| (c.code(), m));
     ctx.shared.log.end(&logged, &ended);
+    ctx.shared.claims.release(session);
     match done.error() {
         None => tracing::info!(
             session,
@@ -607,22 +648,44 @@ async fn handle_upload<S: SessionStarter>(
     ctx: &ChannelCtx<S>,
     req: UploadRequest,
 ) -> (ServerMsg, Started) {
+    let ids = match fresh_session() {
+        Ok(ids) => ids,
+        Err(e) => return (ServerMsg::Error(e), None),
+    };
     let shared = ctx.shared.clone();
     let user = ctx.user.clone();
     let prepared =
-        tokio::task::spawn_blocking(move || prepare_upload(&shared.config, &user, req)).await;
-    start_session(ctx, prepared, |ready, _| ServerMsg::Ready(ready))
+        tokio::task::spawn_blocking(move || prepare_upload(&shared, &user, ids.0, req)).await;
+    start_session(ctx, ids, prepared, |ready, p| {
+        ServerMsg::Ready(Ready {
+            plans: p.spec.plans.clone(),
+            ..ready
+        })
+    })
 }
 
 async fn handle_download<S: SessionStarter>(
     ctx: &ChannelCtx<S>,
     req: DownloadRequest,
+    channel: &mut Channel<Msg>,
+    lines: &mut LineBuffer,
 ) -> (ServerMsg, Started) {
+    let ids = match fresh_session() {
+        Ok(ids) => ids,
+        Err(e) => return (ServerMsg::Error(e), None),
+    };
+    let negotiate = req.negotiate;
     let shared = ctx.shared.clone();
     let user = ctx.user.clone();
-    let prepared =
+    let mut prepared =
         tokio::task::spawn_blocking(move || prepare_download(&shared.config, &user, req)).await;
-    start_session(ctx, prepared, |ready, p| {
+    if negotiate && let Ok(Ok(p)) = &mut prepared {
+        match negotiate_plans(p, channel, lines).await {
+            Ok(plans) => p.spec.plans = plans,
+            Err(e) => return (ServerMsg::Error(e), None),
+        }
+    }
+    start_session(ctx, ids, prepared, |ready, p| {
         ServerMsg::Manifest(Manifest {
             files: p.spec.files.clone(),
             dirs: p.dirs.clone(),
@@ -632,15 +695,81 @@ async fn handle_download<S: SessionStarter>(
     })
 }
 
+/// Offers a download's files and reads the client's plan for each.
+async fn negotiate_plans(
+    p: &Prepared,
+    channel: &mut Channel<Msg>,
+    lines: &mut LineBuffer,
+) -> Result<Vec<FilePlan>, ErrorMsg> {
+    let offer = ServerMsg::Offer(Offer {
+        files: p.spec.files.clone(),
+        block_size: p.spec.block_size,
+        sums: p.sums.clone(),
+    });
+    if !send(channel, &offer).await {
+        return Err(ErrorMsg::new(
+            ErrorCode::PeerAborted,
+            "the client went away",
+        ));
+    }
+    match next_client_msg(channel, lines).await? {
+        ClientMsg::Plans(plans) if plans.files.len() == p.spec.files.len() => Ok(plans.files),
+        ClientMsg::Plans(plans) => Err(ErrorMsg::new(
+            ErrorCode::BadRequest,
+            format!(
+                "{} plans for {} files",
+                plans.files.len(),
+                p.spec.files.len()
+            ),
+        )),
+        _ => Err(ErrorMsg::new(
+            ErrorCode::Protocol,
+            "expected the plans for the offered files",
+        )),
+    }
+}
+
+/// The next message from the client.
+async fn next_client_msg(
+    channel: &mut Channel<Msg>,
+    lines: &mut LineBuffer,
+) -> Result<ClientMsg, ErrorMsg> {
+    loop {
+        if let Some(line) = lines.next_line() {
+            return serde_json::from_slice(&line).map_err(|e| {
+                ErrorMsg::new(
+                    ErrorCode::Protocol,
+                    format!("malformed control message: {e}"),
+                )
+            });
+        }
+        match channel.wait().await {
+            Some(ChannelMsg::Data { data }) => lines
+                .push(&data)
+                .map_err(|e| ErrorMsg::new(ErrorCode::Protocol, e))?,
+            Some(ChannelMsg::Eof | ChannelMsg::Close) | None => {
+                return Err(ErrorMsg::new(
+                    ErrorCode::PeerAborted,
+                    "the client closed the channel",
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+}
+
 /// A session ready to start, and what the reply needs besides it.
 struct Prepared {
     spec: SessionSpec,
     dirs: Vec<String>,
     skipped: Vec<String>,
+    /// A download's source checksums (resume levels 2 and 3), for the offer.
+    sums: Vec<FileSums>,
 }
 
 fn start_session<S: SessionStarter>(
     ctx: &ChannelCtx<S>,
+    (session, secret): (u32, [u8; 32]),
     prepared: Result<Result<Prepared, ErrorMsg>, tokio::task::JoinError>,
     reply: impl FnOnce(Ready, &Prepared) -> ServerMsg,
 ) -> (ServerMsg, Started) {
@@ -648,13 +777,10 @@ fn start_session<S: SessionStarter>(
         Ok(Ok(p)) => p,
         Ok(Err(e)) => return (ServerMsg::Error(e), None),
         Err(e) => {
+            ctx.shared.claims.release(session);
             let err = ErrorMsg::new(ErrorCode::Internal, format!("request handling failed: {e}"));
             return (ServerMsg::Error(err), None);
         }
-    };
-    let (session, secret) = match fresh_session() {
-        Ok(s) => s,
-        Err(e) => return (ServerMsg::Error(e), None),
     };
     prepared.spec.session = session;
     prepared.spec.user = ctx.user.clone();
@@ -672,6 +798,7 @@ fn start_session<S: SessionStarter>(
         target_bps: spec.limits.target_bps,
         min_bps: spec.limits.min_bps,
         ceiling_bps: handle.ceiling_bps,
+        plans: Vec::new(),
     };
     let msg = reply(ready, &prepared);
     let total: u64 = spec.files.iter().map(|f| f.size).sum();
@@ -767,6 +894,67 @@ fn negotiate(
     Ok((cipher, policy, RateLimits::new(target, min), block))
 }
 
+/// The resume level and overwrite policy a request asks for.
+fn resume_policy(p: &TransferParams) -> Result<ResumePolicy, ErrorMsg> {
+    if p.resume_level > 3 {
+        return Err(ErrorMsg::new(
+            ErrorCode::BadRequest,
+            format!("resume level {} is not 0, 1, 2 or 3", p.resume_level),
+        ));
+    }
+    let overwrite: Overwrite = p
+        .overwrite
+        .parse()
+        .map_err(|e: String| ErrorMsg::new(ErrorCode::BadRequest, e))?;
+    Ok(ResumePolicy {
+        level: p.resume_level,
+        overwrite,
+    })
+}
+
+/// Takes the upload's destination files over from any older session still holding them
+/// (a client that was killed and now resumes), then decides for each file whether it is
+/// sent, resumed or skipped.
+fn claim_and_plan<S: SessionStarter>(
+    shared: &Shared<S>,
+    session: u32,
+    targets: &[PathBuf],
+    req: &UploadRequest,
+    block_size: u32,
+    policy: ResumePolicy,
+) -> Result<Vec<FilePlan>, ErrorMsg> {
+    shared
+        .claims
+        .claim(session, targets, CLAIM_WAIT, |old| {
+            eprintln!("ferryd: session {session} takes over the files of session {old}");
+            shared.starter.abandon(old);
+        })
+        .map_err(|busy| {
+            ErrorMsg::new(
+                ErrorCode::FileBusy,
+                format!(
+                    "{} file(s) are still being received by another session, e.g. {}",
+                    busy.len(),
+                    busy[0].display()
+                ),
+            )
+        })?;
+    targets
+        .iter()
+        .zip(&req.files)
+        .enumerate()
+        .map(|(i, (path, f))| {
+            let sums = req.sums.get(i);
+            crate::resume::plan_file(path, f, block_size, policy, sums).map_err(|e| {
+                ErrorMsg::new(
+                    ErrorCode::from_io(&e),
+                    format!("cannot prepare {}: {e}", f.path),
+                )
+            })
+        })
+        .collect()
+}
+
 fn path_error(e: PathError) -> ErrorMsg {
     ErrorMsg::new(e.code(), e.to_string())
 }
@@ -789,12 +977,15 @@ fn open_docroot(config: &FerrydConfig, user: &str) -> Result<Docroot, ErrorMsg> 
     })
 }
 
-fn prepare_upload(
-    config: &FerrydConfig,
+fn prepare_upload<S: SessionStarter>(
+    shared: &Shared<S>,
     user: &str,
+    session: u32,
     req: UploadRequest,
 ) -> Result<Prepared, ErrorMsg> {
+    let config = &shared.config;
     let (cipher, policy, limits, block_size) = negotiate(config, &req.params)?;
+    let resume = resume_policy(&req.params)?;
     let root = open_docroot(config, user)?;
     let dest = root.confine(&req.dest).map_err(path_error)?;
     let shown = root.display(&dest);
@@ -831,6 +1022,7 @@ fn prepare_upload(
         make_dir(&path)?;
     }
     let mut seen = HashSet::new();
+    let mut targets = Vec::with_capacity(req.files.len());
     for f in &req.files {
         let path = root.confine_entry(&req.dest, &f.path).map_err(path_error)?;
         if !seen.insert(f.path.as_str()) {
@@ -848,7 +1040,10 @@ fn prepare_upload(
         if let Some(parent) = path.parent() {
             make_dir(parent)?;
         }
+        targets.push(path);
     }
+    let plans = claim_and_plan(shared, session, &targets, &req, block_size, resume)
+        .inspect_err(|_| shared.claims.release(session))?;
     Ok(Prepared {
         spec: SessionSpec {
             role: Role::Receiver,
@@ -866,9 +1061,11 @@ fn prepare_upload(
             initial_rtt: rtt_hint(&req.params),
             user: String::new(),
             ceiling_bps: None,
+            plans,
         },
         dirs: req.dirs,
         skipped: Vec::new(),
+        sums: Vec::new(),
     })
 }
 
@@ -935,6 +1132,13 @@ fn prepare_download(
             ));
         }
     }
+    let root_dir = base.unwrap_or_else(|| root.path().to_path_buf());
+    let level = if req.negotiate {
+        resume_policy(&req.params)?.level
+    } else {
+        0
+    };
+    let sums = source_sums(&root_dir, &walk.files, level)?;
     Ok(Prepared {
         spec: SessionSpec {
             role: Role::Sender,
@@ -945,17 +1149,33 @@ fn prepare_download(
             block_size,
             policy,
             limits,
-            root: base.unwrap_or_else(|| root.path().to_path_buf()),
+            root: root_dir,
             files: walk.files,
             peer: None,
             no_fsync: false,
             initial_rtt: rtt_hint(&req.params),
             user: String::new(),
             ceiling_bps: None,
+            plans: Vec::new(),
         },
         dirs: walk.dirs,
         skipped: walk.skipped,
+        sums,
     })
+}
+
+/// The checksums of each file below `root` for resume level `level` (none below 2).
+fn source_sums(root: &Path, files: &[FileEntry], level: u8) -> Result<Vec<FileSums>, ErrorMsg> {
+    if level < 2 {
+        return Ok(Vec::new());
+    }
+    files
+        .iter()
+        .map(|f| {
+            FileSums::compute(&root.join(&f.path), f.size, level)
+                .map_err(|e| io_error("cannot read", &f.path, &e))
+        })
+        .collect()
 }
 
 /// A sorted, depth-first walk of download sources.
@@ -1069,7 +1289,7 @@ fn steer_of(op: crate::data::SessionOp) -> crate::control::messages::Steer {
         },
         SessionOp::Pause => Steer::Pause,
         SessionOp::Resume => Steer::Resume,
-        SessionOp::Cancel => Steer::Cancel,
+        SessionOp::Cancel | SessionOp::Abandon => Steer::Cancel,
         SessionOp::Ceiling(bps) => Steer::Ceiling { bps },
     }
 }
@@ -1099,6 +1319,7 @@ mod tests {
             min_bps: 500_000_000,
             block_size: 1_000_000,
             rtt_hint_us: 0,
+            ..Default::default()
         };
         let (cipher, policy, limits, block) = negotiate(&c, &p).unwrap();
         assert_eq!(cipher, Cipher::None);

@@ -210,6 +210,15 @@ impl Server {
         assert_ne!(self.udp_port, 0, "ready line: {line}");
     }
 
+    /// Kills ferryd with SIGKILL (nothing flushed, nothing said) and reaps it; `run` starts
+    /// it again, on new ports.
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn kill9(&mut self) {
+        let mut c = self.child.take().expect("ferryd is running");
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
     /// The control socket `run` passes to ferryd.
     pub fn ctl_socket(&self) -> PathBuf {
         self.tmp.path().join("ctl.sock")
@@ -405,6 +414,13 @@ impl Running {
                 Err(_) => return None,
             }
         }
+    }
+
+    /// Kills ferry with SIGKILL (nothing flushed, nothing said).
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Waits for the end (killing ferry after `timeout`, which fails the test).
@@ -702,6 +718,15 @@ pub fn partials(root: &Path) -> Vec<String> {
     tree(root)
         .into_keys()
         .filter(|k| k.ends_with(".partial"))
+        .collect()
+}
+
+/// Every path below `root` that is a partial file or a checkpoint.
+#[allow(dead_code)] // not every test binary uses it
+pub fn leftovers(root: &Path) -> Vec<String> {
+    tree(root)
+        .into_keys()
+        .filter(|k| k.contains(".partial") || k.contains("ckpt"))
         .collect()
 }
 

@@ -453,7 +453,7 @@ fn run_emulator(link: &LinkArgs, names: &Names) -> Result<()> {
 fn log_stats(s: &[ferry_lab::emulator::DirectionStats; 2], started: Instant) {
     for (dir, d) in ["a->b", "b->a"].iter().zip(s) {
         eprintln!(
-            "{:.0}s {dir}: reads {} (super-packets {}), segments {} ({} bytes), dropped queue {} wire {} overflow {}, reordered {}, released {}, malformed {}, write errors {}",
+            "{:.0}s {dir}: reads {} (super-packets {}), segments {} ({} bytes), dropped queue {} wire {} overflow {}, reordered {}, released {}, malformed {}, write errors {}, writes {} (merged {})",
             started.elapsed().as_secs_f64(),
             d.reads,
             d.super_packets,
@@ -465,7 +465,9 @@ fn log_stats(s: &[ferry_lab::emulator::DirectionStats; 2], started: Instant) {
             d.link.reordered,
             d.link.released,
             d.malformed,
-            d.write_errors
+            d.write_errors,
+            d.writes,
+            d.merged
         );
     }
 }

@@ -7,12 +7,16 @@
 //!   emulator; at normal priority the emulator is starved and the link's delay and loss
 //!   become the scheduler's (tens of ms of RTT error, 10 % drops). `SCHED_FIFO` fixes it;
 //!   the threads always block between batches, so they never monopolise a core.
-//! - **Coalesced wake-ups.** Once traffic flows, a thread wakes once a tick (25 µs by
+//! - **Coalesced wake-ups.** Once traffic flows, a thread wakes once a tick (100 µs by
 //!   default), drains what the device holds and releases what is due within half a tick,
-//!   instead of waking per packet. Release times are therefore within ±tick/2. A 100 µs
-//!   tick costs less CPU, but its bursts (27 packets at 300 Mbit/s) overflowed a busy
-//!   receiver's default socket buffer: iperf3 UDP saw 2.7–3.0 % loss on a 1 % link where
-//!   25 µs gives 1.1–1.5 %.
+//!   instead of waking per packet. Release times are therefore within ±tick/2.
+//! - **Super-packets both ways.** What one wake-up releases is written back as GSO
+//!   super-packets where consecutive segments allow (as GRO would hand them to the stack),
+//!   so the receiving stack, which runs inside the emulator's `write`, runs once per run
+//!   instead of once per 1500-byte packet. With one write per packet a 100 µs tick cost
+//!   less CPU but its bursts overflowed a busy receiver's socket buffer (iperf3 UDP lost
+//!   2.7–3.0 % on a 1 % link where 25 µs gave 1.1–1.5 %); merged, a 100 µs tick measured
+//!   1.08 % and halves the emulator's CPU against 25 µs (`benches/scripts/lab-cpu.sh`).
 //! - **Offloads.** TCP and UDP arrive as GSO super-packets (one read for up to 64 KiB) and
 //!   are split here into MTU-sized segments, each with its own loss draw and rate charge.
 
@@ -72,7 +76,7 @@ impl EmulatorConfig {
             a_to_b: LinkConfig::default(),
             b_to_a: LinkConfig::default(),
             realtime_priority: Some(50),
-            tick: Duration::from_micros(25),
+            tick: Duration::from_micros(100),
         }
     }
 }

@@ -82,8 +82,10 @@ pub struct LinkArgs {
     /// Seed of the loss, jitter and reordering draws.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// How often a busy emulator thread wakes, µs (releases are within ± half of it).
-    #[arg(long, default_value_t = 25, hide = true)]
+    /// How often a busy emulator thread wakes, µs (releases are within ± half of it, and
+    /// what is released together reaches the receiver as one burst, like a NIC's interrupt
+    /// moderation).
+    #[arg(long, default_value_t = 100)]
     pub tick_us: u64,
 }
 
@@ -99,7 +101,7 @@ impl Default for LinkArgs {
             reorder: 0.0,
             mtu: 1500,
             seed: 1,
-            tick_us: 25,
+            tick_us: 100,
         }
     }
 }

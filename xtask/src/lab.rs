@@ -270,7 +270,12 @@ fn up(link: &LinkArgs, names: &Names) -> Result<String> {
     }
     let log = fs::File::create(names.log_file())
         .with_context(|| format!("creating {}", names.log_file().display()))?;
-    let exe = std::env::current_exe().context("finding this executable")?;
+    let mut exe = std::env::current_exe().context("finding this executable")?;
+    // A build since this process started (`bench wan` builds every binary) may have
+    // replaced the file: Linux then names it "PATH (deleted)"; the new one is at PATH.
+    if let Some(live) = exe.to_str().and_then(|p| p.strip_suffix(" (deleted)")) {
+        exe = PathBuf::from(live);
+    }
     let mut cmd = Command::new(exe);
     cmd.args(["lab", "run-emulator", "--name", &names.name])
         .args(link.to_args())

@@ -309,6 +309,311 @@ pub fn segment(
     Ok(count)
 }
 
+/// Most segments merged into one super-packet: the kernel's `UDP_MAX_SEGMENTS` on older
+/// kernels, and plenty for TCP (64 KiB of IP packet is the other bound).
+pub const MAX_RUN_SEGMENTS: usize = 64;
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_PSH: u8 = 0x08;
+const TCP_URG: u8 = 0x20;
+const TCP_CWR: u8 = 0x80;
+
+/// What merging needs to know of one complete TCP or UDP packet that carries payload
+/// (IPv4 unfragmented and unpadded, or IPv6 without extension headers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// `GSO_TCPV4`, `GSO_TCPV6` or `GSO_UDP_L4`: what a run of these becomes.
+    gso_type: u8,
+    v6: bool,
+    /// IP header length (where TCP/UDP starts).
+    l4: usize,
+    /// IP plus TCP/UDP header length.
+    headers: usize,
+    /// Payload bytes.
+    payload: usize,
+    /// IPv4 identification (0 for IPv6).
+    id: u16,
+    /// TCP sequence number (0 for UDP).
+    seq: u32,
+    /// TCP flags (0 for UDP).
+    flags: u8,
+}
+
+impl SegmentInfo {
+    /// Reads a packet; `None` for anything a GSO run cannot hold: other protocols,
+    /// fragments, padding, TCP SYN/RST/URG, no payload.
+    pub fn parse(p: &[u8]) -> Option<SegmentInfo> {
+        let ip = parse_ip(p).ok()?;
+        let l4 = ip.header_len;
+        if ip.v6 {
+            if usize::from(u16::from_be_bytes([p[4], p[5]])) + 40 != p.len() {
+                return None;
+            }
+        } else if usize::from(u16::from_be_bytes([p[2], p[3]])) != p.len()
+            || u16::from_be_bytes([p[6], p[7]]) & 0x3fff != 0
+        {
+            return None;
+        }
+        let (gso_type, headers, seq, flags) = match ip.proto {
+            PROTO_TCP => {
+                if p.len() < l4 + 20 {
+                    return None;
+                }
+                let th = usize::from(p[l4 + 12] >> 4) * 4;
+                let flags = p[l4 + 13];
+                if th < 20 || flags & (TCP_SYN | TCP_RST | TCP_URG) != 0 {
+                    return None;
+                }
+                let seq = u32::from_be_bytes([p[l4 + 4], p[l4 + 5], p[l4 + 6], p[l4 + 7]]);
+                let t = if ip.v6 { GSO_TCPV6 } else { GSO_TCPV4 };
+                (t, l4 + th, seq, flags)
+            }
+            PROTO_UDP => {
+                if p.len() < l4 + 8
+                    || usize::from(u16::from_be_bytes([p[l4 + 4], p[l4 + 5]])) != p.len() - l4
+                {
+                    return None;
+                }
+                (GSO_UDP_L4, l4 + 8, 0, 0)
+            }
+            _ => return None,
+        };
+        if headers > MAX_HEADERS || p.len() <= headers {
+            return None;
+        }
+        let id = if ip.v6 {
+            0
+        } else {
+            u16::from_be_bytes([p[4], p[5]])
+        };
+        Some(SegmentInfo {
+            gso_type,
+            v6: ip.v6,
+            l4,
+            headers,
+            payload: p.len() - headers,
+            id,
+            seq,
+            flags,
+        })
+    }
+
+    /// Whether this is UDP (a run of it needs USO on the device it is written to).
+    pub fn is_udp(&self) -> bool {
+        self.gso_type == GSO_UDP_L4
+    }
+
+    /// The header bytes that differ between segments of one super-packet, as sorted
+    /// half-open ranges: lengths, IPv4 id and header checksum, TCP sequence number, flags
+    /// and checksum, UDP length and checksum. Every other header byte must match.
+    fn varying(&self) -> [(usize, usize); 5] {
+        let l4 = self.l4;
+        let ip = if self.v6 {
+            [(4, 6), (6, 6)]
+        } else {
+            [(2, 6), (10, 12)]
+        };
+        if self.gso_type == GSO_UDP_L4 {
+            let end = (l4 + 8, l4 + 8);
+            [ip[0], ip[1], (l4 + 4, l4 + 8), end, end]
+        } else {
+            [
+                ip[0],
+                ip[1],
+                (l4 + 4, l4 + 8),
+                (l4 + 13, l4 + 14),
+                (l4 + 16, l4 + 18),
+            ]
+        }
+    }
+}
+
+/// True when `a` and `b` (same length) match outside the sorted ranges `skip`.
+fn same_except(a: &[u8], b: &[u8], skip: &[(usize, usize)]) -> bool {
+    let mut at = 0;
+    for &(from, to) in skip {
+        if a[at..from] != b[at..from] {
+            return false;
+        }
+        at = at.max(to);
+    }
+    a[at..] == b[at..]
+}
+
+/// A run of consecutive packets of one flow that the kernel could have produced by
+/// segmenting a single GSO super-packet (as GRO would merge them): same headers but for
+/// the per-segment fields, IPv4 ids consecutive, TCP sequence numbers contiguous, every
+/// segment but the last exactly `gso_size` long, FIN/PSH only on the last and CWR only
+/// on the first. Sans-IO: the caller keeps the packets; the run keeps what it learnt.
+#[derive(Clone, Copy, Debug)]
+pub struct Run {
+    first: SegmentInfo,
+    last: SegmentInfo,
+    count: usize,
+    payload: usize,
+}
+
+impl Run {
+    /// A run of one packet.
+    pub fn new(first: SegmentInfo) -> Run {
+        Run {
+            first,
+            last: first,
+            count: 1,
+            payload: first.payload,
+        }
+    }
+
+    /// Segments in the run.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Always false: a run holds at least its first packet.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Adds `next` (whose [`SegmentInfo`] is `info`) if it continues the run; `first` is
+    /// the run's first packet. False leaves the run as it was: write it and start anew.
+    pub fn push(&mut self, first: &[u8], next: &[u8], info: &SegmentInfo) -> bool {
+        let (f, l) = (&self.first, &self.last);
+        let mss = f.payload;
+        let ip_len = if f.v6 {
+            f.headers - 40 + self.payload + info.payload
+        } else {
+            f.headers + self.payload + info.payload
+        };
+        if info.gso_type != f.gso_type
+            || info.headers != f.headers
+            || info.l4 != f.l4
+            || self.count >= MAX_RUN_SEGMENTS
+            || ip_len > 65_535
+            || l.payload != mss
+            || info.payload > mss
+            || (!f.v6 && info.id != l.id.wrapping_add(1))
+        {
+            return false;
+        }
+        if f.gso_type != GSO_UDP_L4 {
+            let base = |flags: u8| flags & !(TCP_CWR | TCP_FIN | TCP_PSH);
+            if info.seq != l.seq.wrapping_add(l.payload as u32)
+                || l.flags & (TCP_FIN | TCP_PSH) != 0
+                || info.flags & TCP_CWR != 0
+                || base(info.flags) != base(f.flags)
+            {
+                return false;
+            }
+        }
+        if !same_except(&first[..f.headers], &next[..f.headers], &f.varying()) {
+            return false;
+        }
+        self.last = *info;
+        self.count += 1;
+        self.payload += info.payload;
+        true
+    }
+
+    /// Writes the headers of the merged super-packet into `out` (from the run's `first`
+    /// packet) and returns the `virtio_net_hdr` to send with them and their length; the
+    /// packet is those headers followed by every segment's payload in order. Lengths cover
+    /// the whole super-packet, IPv4 id and TCP sequence number are the first segment's,
+    /// TCP flags the first's plus the last's FIN/PSH, and the TCP/UDP checksum field holds
+    /// the pseudo-header sum (`F_NEEDS_CSUM`), as the kernel's own TSO/USO packets do.
+    pub fn header(&self, first: &[u8], out: &mut [u8; MAX_HEADERS]) -> (VnetHdr, usize) {
+        let f = &self.first;
+        let (l4, n) = (f.l4, f.headers);
+        let h = &mut out[..n];
+        h.copy_from_slice(&first[..n]);
+        let l4_len = n - l4 + self.payload;
+        if f.v6 {
+            h[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+        } else {
+            h[2..4].copy_from_slice(&((n + self.payload) as u16).to_be_bytes());
+            h[10..12].fill(0);
+            let c = checksum(&h[..l4]);
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+        }
+        let (proto, csum_offset) = if f.gso_type == GSO_UDP_L4 {
+            h[l4 + 4..l4 + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+            (PROTO_UDP, 6u16)
+        } else {
+            h[l4 + 13] = f.flags | (self.last.flags & (TCP_FIN | TCP_PSH));
+            (PROTO_TCP, 16)
+        };
+        let (src, dst) = if f.v6 {
+            (&first[8..24], &first[24..40])
+        } else {
+            (&first[12..16], &first[16..20])
+        };
+        let ip = Ip {
+            v6: f.v6,
+            src,
+            dst,
+            proto,
+            header_len: l4,
+        };
+        let seed = fold(pseudo(&ip, l4_len));
+        let field = l4 + usize::from(csum_offset);
+        h[field..field + 2].copy_from_slice(&seed.to_be_bytes());
+        let ecn = if f.gso_type != GSO_UDP_L4 && f.flags & TCP_CWR != 0 {
+            GSO_ECN
+        } else {
+            0
+        };
+        let hdr = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: f.gso_type | ecn,
+            hdr_len: n as u16,
+            gso_size: f.payload as u16,
+            csum_start: l4 as u16,
+            csum_offset,
+        };
+        (hdr, n)
+    }
+}
+
+/// Groups `packets` (in release order) into [`Run`]s of consecutive packets and calls
+/// `emit(range, merged)` once per run, in order: `merged` is `None` for a run of one
+/// (write the packet as it is) and `Some((hdr, headers))` for a longer one (write `hdr`,
+/// `headers`, then each packet's bytes past `headers.len()`, for every packet in `range`).
+/// Each packet's IP header starts `skip` bytes into its buffer. UDP packets are merged
+/// only when `udp` (the device takes USO).
+pub fn coalesce<P: AsRef<[u8]>>(
+    packets: &[P],
+    skip: usize,
+    udp: bool,
+    mut emit: impl FnMut(std::ops::Range<usize>, Option<(&VnetHdr, &[u8])>),
+) {
+    let mut out = [0u8; MAX_HEADERS];
+    let mut i = 0;
+    while i < packets.len() {
+        let first = &packets[i].as_ref()[skip..];
+        let Some(info) = SegmentInfo::parse(first).filter(|s| udp || !s.is_udp()) else {
+            emit(i..i + 1, None);
+            i += 1;
+            continue;
+        };
+        let mut run = Run::new(info);
+        let mut j = i + 1;
+        while let Some(next) = packets.get(j).map(|p| &p.as_ref()[skip..]) {
+            match SegmentInfo::parse(next) {
+                Some(n) if run.push(first, next, &n) => j += 1,
+                _ => break,
+            }
+        }
+        if run.len() == 1 {
+            emit(i..j, None);
+        } else {
+            let (hdr, n) = run.header(first, &mut out);
+            emit(i..j, Some((&hdr, &out[..n])));
+        }
+        i = j;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -509,10 +814,202 @@ mod tests {
         assert!(segment(&hdr, &ipv4(17, &udp(b"x")), |_, _| {}).is_err());
     }
 
+    /// Segments `p` as `hdr` says, drops the segments `lost` picks, merges the survivors
+    /// and segments each merged run again: returns (survivors, re-split runs, run count).
+    fn split_lose_merge(
+        hdr: &VnetHdr,
+        p: &[u8],
+        lost: impl Fn(usize) -> bool,
+    ) -> (Vec<Vec<u8>>, Vec<Vec<u8>>, usize) {
+        let survivors: Vec<Vec<u8>> = collect(hdr, p)
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !lost(*i))
+            .map(|(_, s)| s)
+            .collect();
+        let mut again = Vec::new();
+        let mut runs = 0;
+        coalesce(&survivors, 0, true, |range, merged| {
+            runs += 1;
+            match merged {
+                None => again.extend(survivors[range].iter().cloned()),
+                Some((h, headers)) => {
+                    let mut big = headers.to_vec();
+                    for s in &survivors[range.clone()] {
+                        big.extend_from_slice(&s[headers.len()..]);
+                    }
+                    assert_eq!(usize::from(h.hdr_len), headers.len());
+                    // The seed left in the checksum field completes to a valid checksum
+                    // of the whole super-packet, as for the kernel's own TSO packets.
+                    let mut done = big.clone();
+                    finish_checksum(h, &mut done).unwrap();
+                    assert!(verifies(&done), "merged packet's checksum seed");
+                    let n = segment(h, &big, |a, b| again.push([a, b].concat())).unwrap();
+                    assert_eq!(n, range.len());
+                }
+            }
+        });
+        (survivors, again, runs)
+    }
+
+    fn tcp_super(v6: bool, len: usize, flags: u8) -> (VnetHdr, Vec<u8>) {
+        let payload: Vec<u8> = (0..len).map(|i| (i * 13) as u8).collect();
+        let t = tcp(0xffff_f000, flags, &payload);
+        let p = if v6 {
+            ipv6(PROTO_TCP, &t)
+        } else {
+            ipv4(PROTO_TCP, &t)
+        };
+        let gso_type = if v6 { GSO_TCPV6 } else { GSO_TCPV4 };
+        let hdr = VnetHdr {
+            gso_type,
+            gso_size: 1448,
+            ..Default::default()
+        };
+        (hdr, p)
+    }
+
+    #[test]
+    fn a_split_super_packet_merges_back_whole() {
+        const PSH_ACK: u8 = 0x18;
+        let (hdr, p) = tcp_super(false, 40_000, PSH_ACK | TCP_CWR);
+        let (survivors, again, runs) = split_lose_merge(&hdr, &p, |_| false);
+        assert_eq!(runs, 1);
+        assert_eq!(again, survivors);
+        // A loss splits it in two runs, around the hole.
+        let (survivors, again, runs) = split_lose_merge(&hdr, &p, |i| i == 10);
+        assert_eq!(runs, 2);
+        assert_eq!(again, survivors);
+    }
+
+    #[test]
+    fn merged_header_fields() {
+        let (hdr, p) = tcp_super(false, 4000, 0x18 | TCP_CWR);
+        let segs = collect(&hdr, &p);
+        let mut seen = Vec::new();
+        coalesce(&segs, 0, true, |range, merged| {
+            let (h, headers) = merged.unwrap();
+            seen.push(range);
+            assert_eq!(h.gso_type, GSO_TCPV4 | GSO_ECN);
+            assert_eq!((h.gso_size, h.csum_start, h.csum_offset), (1448, 20, 16));
+            assert_eq!(h.flags, F_NEEDS_CSUM);
+            assert_eq!(u16::from_be_bytes([headers[2], headers[3]]), 4040);
+            assert_eq!(checksum(&headers[..20]), 0, "IPv4 header checksum");
+            assert_eq!(&headers[4..6], &p[4..6], "first segment's id");
+            assert_eq!(&headers[24..28], &p[24..28], "first segment's seq");
+            assert_eq!(
+                headers[33],
+                0x18 | TCP_CWR,
+                "CWR of the first, PSH of the last"
+            );
+        });
+        assert_eq!(seen, vec![0..3]);
+    }
+
+    #[test]
+    fn runs_break_where_the_kernel_would_not_merge() {
+        let seg = |seq: u32, flags: u8, len: usize, id: u16| {
+            let mut p = ipv4(PROTO_TCP, &tcp(seq, flags, &vec![1u8; len]));
+            p[4..6].copy_from_slice(&id.to_be_bytes());
+            p[10..12].fill(0);
+            let c = checksum(&p[..20]);
+            p[10..12].copy_from_slice(&c.to_be_bytes());
+            p
+        };
+        let runs = |pkts: &[Vec<u8>]| {
+            let mut r = Vec::new();
+            coalesce(pkts, 0, true, |range, _| r.push(range.len()));
+            r
+        };
+        const ACK: u8 = 0x10;
+        // Contiguous, consecutive ids: one run.
+        let ok = [
+            seg(0, ACK, 100, 1),
+            seg(100, ACK, 100, 2),
+            seg(200, ACK, 50, 3),
+        ];
+        assert_eq!(runs(&ok), vec![3]);
+        // PSH in the middle ends the run after it.
+        let psh = [seg(0, ACK | TCP_PSH, 100, 1), seg(100, ACK, 100, 2)];
+        assert_eq!(runs(&psh), vec![1, 1]);
+        // A gap in sequence numbers, or in ids.
+        assert_eq!(
+            runs(&[seg(0, ACK, 100, 1), seg(200, ACK, 100, 2)]),
+            vec![1, 1]
+        );
+        assert_eq!(
+            runs(&[seg(0, ACK, 100, 1), seg(100, ACK, 100, 3)]),
+            vec![1, 1]
+        );
+        // A short segment can only be the last.
+        let short = [
+            seg(0, ACK, 50, 1),
+            seg(50, ACK, 100, 2),
+            seg(150, ACK, 100, 3),
+        ];
+        assert_eq!(runs(&short), vec![1, 2]);
+        // A different window (any other header byte) ends it.
+        let mut w = seg(100, ACK, 100, 2);
+        w[34] ^= 1;
+        assert_eq!(runs(&[seg(0, ACK, 100, 1), w]), vec![1, 1]);
+        // SYN never merges; nor a pure ACK.
+        assert_eq!(
+            runs(&[seg(0, 0x02, 100, 1), seg(100, ACK, 100, 2)]),
+            vec![1, 1]
+        );
+        assert_eq!(runs(&[seg(0, ACK, 0, 1), seg(0, ACK, 0, 2)]), vec![1, 1]);
+        // UDP only where the device takes USO.
+        let u = |id: u16| {
+            let mut p = ipv4(PROTO_UDP, &udp(&[2u8; 300]));
+            p[4..6].copy_from_slice(&id.to_be_bytes());
+            p
+        };
+        let mut n = 0;
+        coalesce(&[u(1), u(2)], 0, false, |_, m| {
+            n += usize::from(m.is_none())
+        });
+        assert_eq!(n, 2);
+        assert_eq!(runs(&[u(1), u(2)]), vec![2]);
+    }
+
     proptest! {
         #[test]
         fn fast_checksum_matches_naive(data in proptest::collection::vec(any::<u8>(), 0..3000)) {
             prop_assert_eq!(checksum(&data), naive_checksum(&data));
+        }
+
+        /// Split a super-packet, lose any segments, merge the survivors into runs: each
+        /// run, segmented again, gives back its segments byte for byte, and runs break
+        /// only at holes (or at the 64-segment and 64 KiB limits).
+        #[test]
+        fn split_then_merge_gives_back_the_segments(
+            len in 1usize..30_000,
+            mss in 500u16..9000,
+            v6 in any::<bool>(),
+            tcp_not_udp in any::<bool>(),
+            flags in prop_oneof![Just(0x10u8), Just(0x18), Just(0x19), Just(0x98), Just(0x50)],
+            lost in proptest::collection::vec(any::<bool>(), 64),
+            loss_on in any::<bool>(),
+        ) {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let (proto, l4) = if tcp_not_udp {
+                (PROTO_TCP, tcp(0xffff_ff00, flags, &payload))
+            } else {
+                (PROTO_UDP, udp(&payload))
+            };
+            let p = if v6 { ipv6(proto, &l4) } else { ipv4(proto, &l4) };
+            let gso_type = match (tcp_not_udp, v6) {
+                (true, false) => GSO_TCPV4,
+                (true, true) => GSO_TCPV6,
+                _ => GSO_UDP_L4,
+            };
+            let hdr = VnetHdr { gso_type, gso_size: mss, ..Default::default() };
+            let lose = |i: usize| loss_on && lost[i % 64];
+            let (survivors, again, runs) = split_lose_merge(&hdr, &p, lose);
+            prop_assert_eq!(&again, &survivors);
+            if !loss_on {
+                prop_assert_eq!(runs, 1);
+            }
         }
 
         /// Any payload, any MSS: segments verify, fit the MSS, and carry the payload in order.

@@ -108,6 +108,23 @@ impl Tun {
         Ok(n as usize)
     }
 
+    /// Writes one packet gathered from `bufs` (the first starting with its
+    /// `virtio_net_hdr`): a merged super-packet goes out without being copied together.
+    pub fn write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        // SAFETY: IoSlice is ABI-compatible with iovec; each one is valid for reads.
+        let n = unsafe {
+            libc::writev(
+                self.fd.as_raw_fd(),
+                bufs.as_ptr().cast(),
+                bufs.len() as libc::c_int,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
     /// Waits up to `timeout` for a packet to read; false on timeout (or a signal).
     pub fn wait_readable(&self, timeout: std::time::Duration) -> bool {
         let mut pfd = libc::pollfd {

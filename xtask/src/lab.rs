@@ -82,8 +82,10 @@ pub struct LinkArgs {
     /// Seed of the loss, jitter and reordering draws.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// How often a busy emulator thread wakes, µs (releases are within ± half of it).
-    #[arg(long, default_value_t = 25, hide = true)]
+    /// How often a busy emulator thread wakes, µs (releases are within ± half of it, and
+    /// what is released together reaches the receiver as one burst, like a NIC's interrupt
+    /// moderation).
+    #[arg(long, default_value_t = 100)]
     pub tick_us: u64,
 }
 
@@ -99,7 +101,7 @@ impl Default for LinkArgs {
             reorder: 0.0,
             mtu: 1500,
             seed: 1,
-            tick_us: 25,
+            tick_us: 100,
         }
     }
 }
@@ -268,7 +270,12 @@ fn up(link: &LinkArgs, names: &Names) -> Result<String> {
     }
     let log = fs::File::create(names.log_file())
         .with_context(|| format!("creating {}", names.log_file().display()))?;
-    let exe = std::env::current_exe().context("finding this executable")?;
+    let mut exe = std::env::current_exe().context("finding this executable")?;
+    // A build since this process started (`bench wan` builds every binary) may have
+    // replaced the file: Linux then names it "PATH (deleted)"; the new one is at PATH.
+    if let Some(live) = exe.to_str().and_then(|p| p.strip_suffix(" (deleted)")) {
+        exe = PathBuf::from(live);
+    }
     let mut cmd = Command::new(exe);
     cmd.args(["lab", "run-emulator", "--name", &names.name])
         .args(link.to_args())
@@ -453,7 +460,7 @@ fn run_emulator(link: &LinkArgs, names: &Names) -> Result<()> {
 fn log_stats(s: &[ferry_lab::emulator::DirectionStats; 2], started: Instant) {
     for (dir, d) in ["a->b", "b->a"].iter().zip(s) {
         eprintln!(
-            "{:.0}s {dir}: reads {} (super-packets {}), segments {} ({} bytes), dropped queue {} wire {} overflow {}, reordered {}, released {}, malformed {}, write errors {}",
+            "{:.0}s {dir}: reads {} (super-packets {}), segments {} ({} bytes), dropped queue {} wire {} overflow {}, reordered {}, released {}, malformed {}, write errors {}, writes {} (merged {})",
             started.elapsed().as_secs_f64(),
             d.reads,
             d.super_packets,
@@ -465,7 +472,9 @@ fn log_stats(s: &[ferry_lab::emulator::DirectionStats; 2], started: Instant) {
             d.link.reordered,
             d.link.released,
             d.malformed,
-            d.write_errors
+            d.write_errors,
+            d.writes,
+            d.merged
         );
     }
 }

@@ -4,6 +4,7 @@ mod bench;
 mod ci;
 mod demo;
 mod lab;
+mod plot;
 mod wan;
 
 use std::time::{Duration, Instant};

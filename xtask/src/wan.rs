@@ -17,8 +17,14 @@ use anyhow::{Context, Result, bail};
 
 use crate::demo::random_file;
 use crate::lab::{self, LinkArgs};
+use crate::plot;
 
-const NAME: &str = "ferrylab";
+/// The lab's name (namespaces NAME-a, NAME-b), set once from `--name`.
+static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn name() -> &'static str {
+    NAME.get().map_or("ferrylab", String::as_str)
+}
 const B_IP: &str = "10.77.0.2";
 
 /// `bench wan` options.
@@ -30,6 +36,10 @@ pub struct WanArgs {
     /// File size, MiB (default 128 with --quick, else 512).
     #[arg(long)]
     size_mib: Option<u64>,
+    /// Name of the lab to use (namespaces NAME-a and NAME-b), so a benchmark does not
+    /// take down someone else's lab.
+    #[arg(long = "name", default_value = "ferrylab")]
+    name: String,
 }
 
 struct WanPath {
@@ -51,6 +61,8 @@ impl WanPath {
 
 struct Row {
     path: String,
+    rtt_ms: f64,
+    loss: f64,
     tool: String,
     mbps: Option<f64>,
     secs: f64,
@@ -117,7 +129,7 @@ fn run_limited(cmd: &mut Command, limit: Duration) -> Result<(bool, f64, String)
 }
 
 fn emulator_cpu_seconds() -> Option<f64> {
-    let pid = fs::read_to_string(format!("/run/ferry-lab/{NAME}/emulator.pid")).ok()?;
+    let pid = fs::read_to_string(format!("/run/ferry-lab/{}/emulator.pid", name())).ok()?;
     Some(
         crate::demo::proc_cpu(pid.trim().parse().ok()?)
             .ok()?
@@ -136,10 +148,10 @@ struct Bench {
 
 impl Bench {
     fn ns_a() -> String {
-        format!("{NAME}-a")
+        format!("{}-a", name())
     }
     fn ns_b() -> String {
-        format!("{NAME}-b")
+        format!("{}-b", name())
     }
 
     /// Measures one run: `f` returns (rate Mbit/s, note) and the emulator's CPU share over
@@ -162,6 +174,8 @@ impl Bench {
         );
         self.rows.push(Row {
             path: path.label(),
+            rtt_ms: path.rtt_ms,
+            loss: path.loss,
             tool: tool.into(),
             mbps,
             secs,
@@ -418,6 +432,7 @@ fn date() -> String {
 
 /// Runs the benchmark.
 pub fn run(args: WanArgs) -> Result<()> {
+    let _ = NAME.set(args.name.clone());
     let quick = args.quick;
     let size_mib = args.size_mib.unwrap_or(if quick { 128 } else { 512 });
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -450,7 +465,7 @@ pub fn run(args: WanArgs) -> Result<()> {
         dir,
     };
     let result = run_paths(&mut bench, quick);
-    let _ = lab::down_quietly_named(NAME);
+    let _ = lab::down_quietly_named(name());
     let _ = fs::remove_dir_all(&bench.dir);
     result?;
 
@@ -502,8 +517,29 @@ pub fn run(args: WanArgs) -> Result<()> {
         "wan-{stamp}{}.md",
         if quick { "-quick" } else { "" }
     ));
+    let png = file.with_extension("png");
+    let points: Vec<plot::Point> = bench
+        .rows
+        .iter()
+        .filter_map(|r| {
+            Some(plot::Point {
+                tool: r.tool.clone(),
+                loss: r.loss,
+                rtt_ms: r.rtt_ms,
+                mbps: r.mbps?,
+            })
+        })
+        .collect();
+    let title = format!("{cmd}, {} ({})", date(), machine());
+    plot::throughput_vs_rtt(&points, &title, &png)?;
+    let name = png.file_name().map(|n| n.to_string_lossy().into_owned());
+    writeln!(
+        md,
+        "\n![throughput against RTT]({})",
+        name.unwrap_or_default()
+    )?;
     fs::write(&file, &md)?;
-    eprintln!("written to {}", file.display());
+    eprintln!("written to {} and {}", file.display(), png.display());
     Ok(())
 }
 
@@ -552,7 +588,7 @@ fn run_paths(bench: &mut Bench, quick: bool) -> Result<()> {
             rate_mbps: p.rate_mbps,
             ..LinkArgs::default()
         };
-        lab::up_named(&link, NAME)?;
+        lab::up_named(&link, name())?;
         let _ferryd = bench.start_ferryd()?;
         let _sshd = if sshd {
             Some(bench.start_sshd()?)
@@ -602,6 +638,8 @@ impl Bench {
         eprintln!("    {tool}: skipped, {why}");
         self.rows.push(Row {
             path: path.label(),
+            rtt_ms: path.rtt_ms,
+            loss: path.loss,
             tool: tool.into(),
             mbps: None,
             secs: 0.0,

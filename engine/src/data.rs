@@ -450,7 +450,12 @@ impl DataPlane {
             placement.insert(id, (lane, Instant::now()));
         }
         if self.lanes[lane]
-            .send(Command::Add(Box::new(spec), tx.clone(), progress.clone(), ops_tx))
+            .send(Command::Add(
+                Box::new(spec),
+                tx.clone(),
+                progress.clone(),
+                ops_tx,
+            ))
             .is_err()
         {
             self.lanes[lane].active.fetch_sub(1, Ordering::Relaxed);

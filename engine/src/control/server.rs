@@ -31,8 +31,8 @@ use super::{ErrorCode, SUBSYSTEM};
 use crate::config::FerrydConfig;
 use crate::data::{DataPlane, FileEntry, Role, SessionHandle, SessionReport, SessionSpec};
 use crate::paths::{Docroot, PathError, validate_relative};
-use crate::translog::{self, Start, TransferLog};
 use crate::resume::{Overwrite, ResumePolicy};
+use crate::translog::{self, Start, TransferLog};
 
 /// The largest payload per datagram: a UDP datagram (65 507 bytes) less the data header and
 /// the AEAD tag.

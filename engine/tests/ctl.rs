@@ -675,11 +675,18 @@ fn an_inbound_cap_holds_across_two_uploads_on_two_cores() {
     for (r, x) in rates.iter().zip(&running) {
         assert!(*r > 100e6, "a fair session got {:.0} Mbit/s: {x}", r / 1e6);
     }
+    // The shares follow demand (a session held back by a busy CPU leaves some of its
+    // share to the other), but never add up to more than the cap.
     let listed = ctl_json(&s, &["sessions"]);
-    for x in listed["sessions"].as_array().unwrap() {
-        let c = x["ceiling_bps"].as_u64().unwrap_or(0);
-        assert!((135_000_000..=165_000_000).contains(&c), "{x}");
-    }
+    let shares: Vec<u64> = listed["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["ceiling_bps"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(shares.len(), 2, "{listed}");
+    assert!(shares.iter().sum::<u64>() <= 300_000_000, "{listed}");
+    assert!(shares.iter().all(|&c| c >= 75_000_000), "{listed}");
     for c in clients {
         let run = c.wait(FERRY_TIMEOUT);
         s.assert_ok(&run, "an upload under the cap");

@@ -29,6 +29,8 @@ const HYSTERESIS: f64 = 0.03;
 const DEMAND_HEADROOM: f64 = 1.25;
 /// Below this share of its ceiling a session counts as held back elsewhere.
 const USES_CEILING: f64 = 0.8;
+/// Rounds a running session gets to ramp up before its demand is judged (2 s).
+const GRACE_ROUNDS: u32 = 20;
 
 /// The caps, bits per second; `None` is uncapped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -126,8 +128,9 @@ pub fn spawn_sharer(plane: DataPlane) -> std::io::Result<()> {
 /// One round after another of dividing the caps: smoothed rates in, ceiling changes out.
 #[derive(Debug, Default)]
 pub struct Sharer {
-    /// Each session's delivered rate, smoothed over a few rounds.
-    smoothed: HashMap<u32, f64>,
+    /// Each session's delivered rate, smoothed over a few rounds, and the rounds it has
+    /// been running.
+    smoothed: HashMap<u32, (f64, u32)>,
 }
 
 impl Sharer {
@@ -169,15 +172,19 @@ impl Sharer {
     }
 
     fn claim(&mut self, s: &SessionInfo) -> Claim {
-        let rate = self
+        let (rate, rounds) = self
             .smoothed
             .entry(s.id)
-            .and_modify(|r| *r += (s.rate_bps as f64 - *r) / 3.0)
-            .or_insert(s.rate_bps as f64);
+            .and_modify(|(r, n)| {
+                *r += (s.rate_bps as f64 - *r) / 3.0;
+                *n += u32::from(s.state == "running");
+            })
+            .or_insert((s.rate_bps as f64, 0));
         let demand = match s.ceiling_bps {
             // A paused session keeps only its minimum.
             _ if s.state == "paused" => Some(0),
-            Some(c) if s.state == "running" && *rate < USES_CEILING * c as f64 => {
+            // A session still ramping up is not held back, just young.
+            Some(c) if *rounds >= GRACE_ROUNDS && *rate < USES_CEILING * c as f64 => {
                 Some((*rate * DEMAND_HEADROOM) as u64)
             }
             _ => None,
@@ -271,6 +278,12 @@ mod tests {
         });
         let mut sharer = Sharer::default();
         let mut fair = session(1, "send", "fair", 100 * M);
+        // Past the ramp-up grace.
+        for id in [1, 2] {
+            sharer
+                .smoothed
+                .insert(id, (if id == 1 { 100e6 } else { 0.0 }, GRACE_ROUNDS));
+        }
         fair.ceiling_bps = Some(300 * M);
         let mut low = session(2, "send", "low", 0);
         low.ceiling_bps = Some(0);

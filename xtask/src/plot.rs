@@ -33,7 +33,8 @@ pub fn throughput_vs_rtt(points: &[Point], title: &str, file: &Path) -> Result<(
     }
     let panels = losses.len().max(1);
     let x_max = points.iter().map(|p| p.rtt_ms).fold(10.0, f64::max) * 1.15;
-    let y_max = points.iter().map(|p| p.mbps).fold(10.0, f64::max) * 1.15;
+    // Head room above the data for the legend (upper right), so it never hides a point.
+    let y_max = points.iter().map(|p| p.mbps).fold(10.0, f64::max) * 1.6;
     let err = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", file.display());
     let root = BitMapBackend::new(file, (560 * panels as u32, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;

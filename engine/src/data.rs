@@ -20,7 +20,7 @@ use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use ferry_proto::checkpoint::Checkpoint;
 use ferry_proto::crypto::{Cipher, Direction};
@@ -523,6 +523,18 @@ fn wait_readable(socket: &UdpSocket, timeout: Duration) {
     }
 }
 
+/// A source file no longer matches the manifest (size or mtime moved while it was sent).
+#[derive(Debug)]
+struct SourceChanged(String);
+
+impl std::fmt::Display for SourceChanged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SourceChanged {}
+
 /// The files of a session on this side.
 struct Files {
     root: PathBuf,
@@ -591,7 +603,22 @@ impl Files {
             } else {
                 e
             }
-        })
+        })?;
+        // The file's last block: before it leaves (and lets the receiver finish the file),
+        // make sure the file is still the one the manifest describes, so that a file
+        // changed meanwhile is never delivered mixed.
+        let e = &self.entries[index as usize];
+        if offset + buf.len() as u64 == e.size {
+            let meta = f.metadata()?;
+            let now = (meta.len(), mtime_of(&meta));
+            if now != (e.size, e.mtime) {
+                return Err(io::Error::other(SourceChanged(format!(
+                    "it changed during the transfer (size {} then {}, mtime {}.{:09} then                      {}.{:09})",
+                    e.size, now.0, e.mtime.0, e.mtime.1, now.1.0, now.1.1
+                ))));
+            }
+        }
+        Ok(())
     }
 
     fn open_partial(&mut self, index: u32) -> io::Result<&File> {
@@ -1106,10 +1133,16 @@ impl Session {
                                 stats.record(Latency::DiskRead, t.elapsed());
                                 if let Err(e) = &r {
                                     let path = &self.files.entries[block.file as usize].path;
-                                    self.error.get_or_insert((
-                                        ErrorCode::SourceVanished,
-                                        format!("reading {path}: {e}"),
-                                    ));
+                                    let changed = e
+                                        .get_ref()
+                                        .is_some_and(|inner| inner.is::<SourceChanged>());
+                                    let code = if changed {
+                                        ErrorCode::FileChanged
+                                    } else {
+                                        ErrorCode::SourceVanished
+                                    };
+                                    self.error
+                                        .get_or_insert((code, format!("reading {path}: {e}")));
                                 }
                                 s.handle_read_done(now, slot, r.map_err(|e| e.to_string()));
                             }
@@ -1491,10 +1524,10 @@ impl DataThread {
 
 /// Seconds and nanoseconds since the epoch of a modification time.
 pub fn mtime_of(meta: &fs::Metadata) -> (i64, u32) {
-    meta.modified()
-        .ok()
-        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-        .map_or((0, 0), |d| (d.as_secs() as i64, d.subsec_nanos()))
+    use std::os::unix::fs::MetadataExt;
+    // As stat(2) has it (seconds may be negative: before 1970), so that every side that
+    // compares two readings of one file agrees.
+    (meta.mtime(), meta.mtime_nsec().clamp(0, 999_999_999) as u32)
 }
 
 /// The largest block that fits one datagram on the way to `peer`: 64 KiB datagrams on

@@ -569,3 +569,50 @@ fn sigterm_stops_an_idle_ferryd_with_status_0() {
         s.stderr()
     );
 }
+
+#[test]
+fn a_source_that_grows_during_the_transfer_is_reported_not_delivered() {
+    let mut s = Server::start();
+    let src = s.dir("src").join("grows.bin");
+    write_random_file(&src, 8 * MIB, 37);
+    let cmd = s.ferry_cmd(
+        "send",
+        &[
+            "-l".as_ref(),
+            "8m".as_ref(),
+            "--policy".as_ref(),
+            "fixed".as_ref(),
+            src.as_os_str(),
+            s.remote("/").as_ref(),
+        ],
+    );
+    let mut running = s.spawn_ferry(&cmd);
+    let moving = running.wait_line(Duration::from_secs(60), |l| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .is_ok_and(|v| v["event"] == "progress" && v["bytes"].as_u64().is_some_and(|b| b > 0))
+    });
+    assert!(moving.is_some(), "the transfer never moved");
+    // Appended to while it is sent: every block read so far is still what it was, only
+    // the size and mtime tell.
+    use std::io::Write as _;
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&src)
+        .unwrap()
+        .write_all(&[1u8; 4096])
+        .unwrap();
+    let run = running.wait(common::FERRY_TIMEOUT);
+    assert_eq!(
+        run.code(),
+        Some(37),
+        "a source that grew should fail with 37 (file changed): {}\nferryd stderr:\n{}",
+        run.describe(),
+        s.stderr()
+    );
+    assert!(
+        !s.docroot.join("grows.bin").exists(),
+        "the changed file was delivered under its final name: {:?}",
+        listing(&s.docroot)
+    );
+    s.assert_alive("after a source grew under the sender");
+}

@@ -1195,7 +1195,7 @@ impl Walk<'_> {
         self.files.push(FileEntry {
             path: rel.to_string(),
             size: meta.len(),
-            mtime: (meta.mtime(), meta.mtime_nsec().clamp(0, 999_999_999) as u32),
+            mtime: crate::data::mtime_of(meta),
             mode: meta.mode() & 0o7777,
         });
     }

@@ -153,6 +153,27 @@ fn wait_for_running_session(s: &Server, ferry: &mut Running) -> Value {
     }
 }
 
+/// Starts a download of a fresh `size`-byte `big.bin` at a fixed 200 Mbit/s into a new
+/// directory `back`; returns the source, that directory and the running client.
+fn fixed_download(s: &mut Server, size: u64, seed: u64) -> (PathBuf, PathBuf, Running) {
+    let src = s.docroot.join("big.bin");
+    write_random_file(&src, size, seed);
+    let back = s.dir("back");
+    let cmd = s.ferry_cmd(
+        "recv",
+        &[
+            OsStr::new("-l"),
+            OsStr::new("200m"),
+            OsStr::new("--policy"),
+            OsStr::new("fixed"),
+            OsStr::new(&s.remote("/big.bin")),
+            back.as_os_str(),
+        ],
+    );
+    let ferry = s.spawn_ferry(&cmd);
+    (src, back, ferry)
+}
+
 fn u64_of(v: &Value, field: &str) -> u64 {
     v[field]
         .as_u64()
@@ -191,21 +212,7 @@ fn a_download_is_listed_steered_paused_and_resumed() {
     // Large enough that the transfer is still running after a second at 200 Mbit/s and
     // two at 400 Mbit/s (64 MiB would be over by then).
     let size = 128 * MIB;
-    let src = s.docroot.join("big.bin");
-    write_random_file(&src, size, 0xC71);
-    let back = s.dir("back");
-    let cmd = s.ferry_cmd(
-        "recv",
-        &[
-            OsStr::new("-l"),
-            OsStr::new("200m"),
-            OsStr::new("--policy"),
-            OsStr::new("fixed"),
-            OsStr::new(&s.remote("/big.bin")),
-            back.as_os_str(),
-        ],
-    );
-    let mut ferry = s.spawn_ferry(&cmd);
+    let (src, back, mut ferry) = fixed_download(&mut s, size, 0xC71);
 
     let first = wait_for_running_session(&s, &mut ferry);
     let id = u64_of(&first, "id");
@@ -846,22 +853,7 @@ fn ferryctl_top_shows_a_live_session_in_tmux() {
     let _ = ferryctl();
     let mut s = Server::start();
     // About 5 s at 200 Mbit/s: still running when the screen is read.
-    let size = 128 * MIB;
-    let src = s.docroot.join("big.bin");
-    write_random_file(&src, size, 0x709);
-    let back = s.dir("back");
-    let cmd = s.ferry_cmd(
-        "recv",
-        &[
-            OsStr::new("-l"),
-            OsStr::new("200m"),
-            OsStr::new("--policy"),
-            OsStr::new("fixed"),
-            OsStr::new(&s.remote("/big.bin")),
-            back.as_os_str(),
-        ],
-    );
-    let mut ferry = s.spawn_ferry(&cmd);
+    let (_, _, mut ferry) = fixed_download(&mut s, 128 * MIB, 0x709);
     let first = wait_for_running_session(&s, &mut ferry);
     let id = u64_of(&first, "id");
 

@@ -474,15 +474,16 @@ fn garbage_datagrams_do_not_disturb_a_transfer() {
     s.assert_alive("after the garbage");
 }
 
-/// A source that changes under the sender, made deterministic with a slow transfer: the
-/// rate is held at 8 Mbit/s so that an 8 MiB file takes about 8 s, and the source is
-/// truncated as soon as the first progress event shows data moving. The sender must notice
-/// (code 36 or 37) and the server must not put a final-named file in place.
-#[test]
-fn source_truncated_during_the_transfer_is_an_error() {
-    let mut s = Server::start();
-    let src = s.dir("src").join("shrinks.bin");
-    write_random_file(&src, 8 * MIB, 36);
+/// Starts an upload of a fresh 8 MiB `name` held at 8 Mbit/s (about 8 s), and waits for the
+/// first progress event that shows data moving: time enough to change the source under the
+/// sender. Returns the source, the running client and that event's line, if one came.
+fn slow_upload(
+    s: &mut Server,
+    name: &str,
+    seed: u64,
+) -> (std::path::PathBuf, common::Running, Option<String>) {
+    let src = s.dir("src").join(name);
+    write_random_file(&src, 8 * MIB, seed);
     let cmd = s.ferry_cmd(
         "send",
         &[
@@ -499,6 +500,17 @@ fn source_truncated_during_the_transfer_is_an_error() {
         serde_json::from_str::<serde_json::Value>(l)
             .is_ok_and(|v| v["event"] == "progress" && v["bytes"].as_u64().is_some_and(|b| b > 0))
     });
+    (src, running, moving)
+}
+
+/// A source that changes under the sender, made deterministic with a slow transfer: the
+/// rate is held at 8 Mbit/s so that an 8 MiB file takes about 8 s, and the source is
+/// truncated as soon as the first progress event shows data moving. The sender must notice
+/// (code 36 or 37) and the server must not put a final-named file in place.
+#[test]
+fn source_truncated_during_the_transfer_is_an_error() {
+    let mut s = Server::start();
+    let (src, running, moving) = slow_upload(&mut s, "shrinks.bin", 36);
     let truncated_at = SystemTime::now();
     fs::OpenOptions::new()
         .write(true)
@@ -573,24 +585,7 @@ fn sigterm_stops_an_idle_ferryd_with_status_0() {
 #[test]
 fn a_source_that_grows_during_the_transfer_is_reported_not_delivered() {
     let mut s = Server::start();
-    let src = s.dir("src").join("grows.bin");
-    write_random_file(&src, 8 * MIB, 37);
-    let cmd = s.ferry_cmd(
-        "send",
-        &[
-            "-l".as_ref(),
-            "8m".as_ref(),
-            "--policy".as_ref(),
-            "fixed".as_ref(),
-            src.as_os_str(),
-            s.remote("/").as_ref(),
-        ],
-    );
-    let mut running = s.spawn_ferry(&cmd);
-    let moving = running.wait_line(Duration::from_secs(60), |l| {
-        serde_json::from_str::<serde_json::Value>(l)
-            .is_ok_and(|v| v["event"] == "progress" && v["bytes"].as_u64().is_some_and(|b| b > 0))
-    });
+    let (src, running, moving) = slow_upload(&mut s, "grows.bin", 37);
     assert!(moving.is_some(), "the transfer never moved");
     // Appended to while it is sent: every block read so far is still what it was, only
     // the size and mtime tell.

@@ -1004,10 +1004,23 @@ mod delivery_tests {
     /// A lossless session over an in-memory path with `one_way` delay each way, stepped
     /// every 100 µs; returns the delivery latencies the sender measured.
     fn lossless_session(one_way: Duration) -> Vec<Duration> {
+        session(Policy::Fixed, one_way, 4 << 20, |_| false)
+    }
+
+    /// A session of `policy` carrying one file of `size` bytes over an in-memory path with
+    /// `one_way` delay each way, whose datagrams to the receiver vanish while `lost(now)`;
+    /// stepped every 100 µs. Returns the delivery latencies the sender measured; panics,
+    /// with the sender's state, if it does not finish in 20 s.
+    fn session(
+        policy: Policy,
+        one_way: Duration,
+        size: u64,
+        lost: impl Fn(Timestamp) -> bool,
+    ) -> Vec<Duration> {
         let secret = [7u8; 32];
-        let manifest = Manifest::new(vec![4 << 20], 8192).unwrap();
+        let manifest = Manifest::new(vec![size], 8192).unwrap();
         let mut cfg = SenderConfig::new(1, Cipher::Aes128Gcm, secret, Direction::ClientToServer);
-        cfg.policy = Policy::Fixed;
+        cfg.policy = policy;
         cfg.limits = RateLimits::new(200_000_000, 0);
         let mut s: Sender = Sender::new(cfg.clone(), manifest.clone(), Timestamp::ZERO);
         let rcfg = ReceiverConfig::new(1, Cipher::Aes128Gcm, secret, Direction::ClientToServer);
@@ -1019,14 +1032,16 @@ mod delivery_tests {
         let mut to_s: VecDeque<(Timestamp, Vec<u8>)> = VecDeque::new();
         let mut got = Vec::new();
         let mut now = Timestamp::ZERO;
-        while !s.is_done() && now < Timestamp::from_nanos(10_000_000_000) {
+        while !s.is_done() && now < Timestamp::from_nanos(20_000_000_000) {
             while let Some(ev) = s.poll_event() {
                 if let SenderEvent::Read { slot, .. } = ev {
                     s.handle_read_done(now, slot, Ok(()));
                 }
             }
             while let Some(tx) = s.poll_transmit(now, &mut bufs) {
-                to_r.push_back((now + one_way, bufs.bytes(&tx).to_vec()));
+                if !lost(now) {
+                    to_r.push_back((now + one_way, bufs.bytes(&tx).to_vec()));
+                }
             }
             while to_r.front().is_some_and(|(t, _)| *t <= now) {
                 let (_, mut d) = to_r.pop_front().unwrap();
@@ -1041,11 +1056,41 @@ mod delivery_tests {
                 let (_, mut d) = to_s.pop_front().unwrap();
                 s.handle_datagram(now, &mut d);
             }
+            if s.poll_timeout().is_some_and(|t| t <= now) {
+                s.handle_timeout(now);
+            }
+            if r.poll_timeout().is_some_and(|t| t <= now) {
+                r.handle_timeout(now);
+            }
             got.extend(s.drain_delivery_latencies());
             now += Duration::from_micros(100);
         }
-        assert!(s.is_done(), "the session did not finish");
+        assert!(
+            s.is_done(),
+            "the session did not finish: cum {} highest {} frontier {} in flight {} window {:?} \
+             probes {} urgent {} new {} resend {:?} state {:?}",
+            s.cum,
+            s.highest,
+            s.sent_frontier,
+            s.in_flight(),
+            s.controller.window(),
+            s.stats.probes,
+            s.ready_urgent.len(),
+            s.ready_new.len(),
+            s.resend_order.iter().take(3).collect::<Vec<_>>(),
+            s.state,
+        );
         got
+    }
+
+    /// A black hole swallows everything in flight for 750 ms, tail included: no gap shows,
+    /// so only the tail probe can restart the flow.
+    #[test]
+    fn a_full_window_lost_whole_recovers_through_the_probe() {
+        let hole = |t: Timestamp| {
+            (Timestamp::from_nanos(150_000_000)..Timestamp::from_nanos(900_000_000)).contains(&t)
+        };
+        session(Policy::Fair, Duration::from_millis(10), 64 << 20, hole);
     }
 
     #[test]

@@ -86,6 +86,21 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         policy: Option<String>,
     },
+    /// Changes the rates and/or policy of every session of a multi-session transfer: the
+    /// target and minimum are divided evenly among its sessions.
+    SetTransferRate {
+        /// The transfer's tag (see [`Session::transfer`]).
+        transfer: String,
+        /// New target rate of the whole transfer, bits per second.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target_bps: Option<u64>,
+        /// New minimum rate of the whole transfer, bits per second.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min_bps: Option<u64>,
+        /// New policy, one of [`POLICIES`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        policy: Option<String>,
+    },
     /// Stops a session sending data; it stays alive.
     Pause {
         /// The session.
@@ -353,6 +368,10 @@ pub struct Session {
     pub core: Option<u64>,
     /// The UDP port of that thread's socket.
     pub port: u16,
+    /// The multi-session transfer the session belongs to (`t` and hex digits), if any:
+    /// `set-rate` on it divides the rate among its sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<String>,
 }
 
 /// One message as a line: JSON and a newline.
@@ -523,6 +542,7 @@ mod tests {
             state: "running".into(),
             core: Some(1),
             port: 33001,
+            transfer: None,
         };
         let status = Status {
             version: "0.1.0".into(),

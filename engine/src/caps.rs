@@ -239,6 +239,7 @@ mod tests {
             state: "running",
             core: None,
             port: 0,
+            transfer: None,
         }
     }
 

@@ -59,8 +59,8 @@ impl Checkpointer {
         Ok(self.in_flight > 0)
     }
 
-    /// Hands over the checkpoint `ckpt` of the file at `path` (its partial open as
-    /// `file`): the worker syncs the partial (if `sync`), then writes the checkpoint.
+    /// Hands over the checkpoint `ckpt`, to be written at `path`, of a partial file open as
+    /// `file`: the worker syncs the partial (if `sync`), then writes the checkpoint.
     pub(crate) fn submit(
         &mut self,
         file: &File,
@@ -121,7 +121,7 @@ impl Worker {
                     } else {
                         Ok(())
                     };
-                    let r = synced.and_then(|()| resume::write_checkpoint(&job.path, &job.ckpt));
+                    let r = synced.and_then(|()| resume::write_checkpoint_to(&job.path, &job.ckpt));
                     if ack.send(r).is_err() {
                         break;
                     }
@@ -164,7 +164,8 @@ mod tests {
                 mtime: (1, 2),
                 bytes: RangeSet::from_ranges(std::iter::once(0..end)),
             };
-            c.submit(&partial, path.clone(), ckpt, true).unwrap();
+            c.submit(&partial, resume::checkpoint_path(&path), ckpt, true)
+                .unwrap();
         }
         c.wait_idle().unwrap();
         assert!(!c.is_busy().unwrap());

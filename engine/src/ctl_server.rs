@@ -408,46 +408,16 @@ fn handle(shared: &Shared, uid: u32, req: Request) -> Response {
             target_bps,
             min_bps,
             policy,
-        } => {
-            if target_bps.is_none() && min_bps.is_none() && policy.is_none() {
-                return Response::error(
-                    ErrorCode::BadRequest,
-                    "set-rate changes nothing: give a target, a minimum or a policy",
-                );
-            }
-            if target_bps == Some(0) {
-                return Response::error(ErrorCode::BadRequest, "the target rate must be above 0");
-            }
-            let policy = match policy.as_deref().map(str::parse::<Policy>) {
-                None => None,
-                Some(Ok(p)) => Some(p),
-                Some(Err(_)) => {
-                    return Response::error(
-                        ErrorCode::BadRequest,
-                        format!(
-                            "unknown policy {:?} (fixed, high, fair, low)",
-                            policy.unwrap_or_default()
-                        ),
-                    );
-                }
-            };
-            let mut what = Vec::new();
-            if let Some(t) = target_bps {
-                what.push(format!("target={t}"));
-            }
-            if let Some(m) = min_bps {
-                what.push(format!("min={m}"));
-            }
-            if let Some(p) = policy {
-                what.push(format!("policy={p}"));
-            }
-            let op = SessionOp::SetRate {
-                target_bps,
-                min_bps,
-                policy,
-            };
-            (id, op, format!("set-rate {}", what.join(" ")))
-        }
+        } => match rate_change(target_bps, min_bps, policy, 1) {
+            Ok((op, what)) => (id, op, what),
+            Err(why) => return Response::error(ErrorCode::BadRequest, why),
+        },
+        Command::SetTransferRate {
+            transfer,
+            target_bps,
+            min_bps,
+            policy,
+        } => return set_transfer_rate(shared, uid, &transfer, target_bps, min_bps, policy),
         Command::Pause { id } => (id, SessionOp::Pause, "pause".into()),
         Command::Resume { id } => (id, SessionOp::Resume, "resume".into()),
         Command::Cancel { id } => (id, SessionOp::Cancel, "cancel".into()),
@@ -499,6 +469,97 @@ fn handle(shared: &Shared, uid: u32, req: Request) -> Response {
             tracing::warn!("ctl (uid {uid}): session {id}: {what}: refused: {message}");
             Response::error(code, message)
         }
+    }
+}
+
+/// The session change a `set-rate` asks for, with its rates divided among `share`
+/// sessions, and its description for the log; or why a request that changes nothing or
+/// names no known policy is refused.
+fn rate_change(
+    target_bps: Option<u64>,
+    min_bps: Option<u64>,
+    policy: Option<String>,
+    share: u64,
+) -> Result<(SessionOp, String), String> {
+    if target_bps.is_none() && min_bps.is_none() && policy.is_none() {
+        return Err("set-rate changes nothing: give a target, a minimum or a policy".into());
+    }
+    if target_bps == Some(0) {
+        return Err("the target rate must be above 0".into());
+    }
+    let policy = match policy.as_deref().map(str::parse::<Policy>) {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(Err(_)) => {
+            return Err(format!(
+                "unknown policy {:?} (fixed, high, fair, low)",
+                policy.unwrap_or_default()
+            ));
+        }
+    };
+    let share = share.max(1);
+    let target_bps = target_bps.map(|t| (t / share).max(1));
+    let min_bps = min_bps.map(|m| m / share);
+    let mut what = Vec::new();
+    if let Some(t) = target_bps {
+        what.push(format!("target={t}"));
+    }
+    if let Some(m) = min_bps {
+        what.push(format!("min={m}"));
+    }
+    if let Some(p) = policy {
+        what.push(format!("policy={p}"));
+    }
+    let op = SessionOp::SetRate {
+        target_bps,
+        min_bps,
+        policy,
+    };
+    Ok((op, format!("set-rate {}", what.join(" "))))
+}
+
+/// `set-rate` on a multi-session transfer: each of its sessions gets an even share.
+fn set_transfer_rate(
+    shared: &Shared,
+    uid: u32,
+    transfer: &str,
+    target_bps: Option<u64>,
+    min_bps: Option<u64>,
+    policy: Option<String>,
+) -> Response {
+    let ids: Vec<u32> = shared
+        .data
+        .sessions()
+        .iter()
+        .filter(|s| s.transfer.as_deref() == Some(transfer))
+        .map(|s| s.id)
+        .collect();
+    if ids.is_empty() {
+        return Response::error(
+            ErrorCode::NoSession,
+            format!("no transfer {transfer} (it may have ended; ferryctl sessions lists them)"),
+        );
+    }
+    let (op, what) = match rate_change(target_bps, min_bps, policy, ids.len() as u64) {
+        Ok(change) => change,
+        Err(why) => return Response::error(ErrorCode::BadRequest, why),
+    };
+    let mut refused = Vec::new();
+    for id in &ids {
+        if let Err(e) = shared.data.control(*id, op) {
+            refused.push(format!("session {id}: {e}"));
+        }
+    }
+    if refused.is_empty() {
+        tracing::info!(
+            "ctl (uid {uid}): transfer {transfer} ({} sessions): {what} each",
+            ids.len()
+        );
+        Response::Ok(Payload::Done)
+    } else {
+        let message = refused.join("; ");
+        tracing::warn!("ctl (uid {uid}): transfer {transfer}: {what}: {message}");
+        Response::error(ErrorCode::Other, message)
     }
 }
 
@@ -612,6 +673,7 @@ fn session_row(s: &SessionInfo) -> Session {
         ceiling_bps: s.ceiling_bps,
         core: s.core.map(|c| c as u64),
         port: s.port,
+        transfer: s.transfer.clone(),
         loss: s.loss,
         rtt_ms: s.rtt_ms,
         queue_ms: s.queue_ms,

@@ -34,6 +34,7 @@ use crate::caps::HostCaps;
 use crate::checkpointer::Checkpointer;
 use crate::control::ErrorCode;
 use crate::resume::{self, FileAction, FilePlan};
+use crate::split;
 use crate::stats::{Counters, LaneStats, Latency};
 
 /// One file of a session, as both sides agree on it over the control channel.
@@ -47,6 +48,41 @@ pub struct FileEntry {
     pub mtime: (i64, u32),
     /// Unix permission bits.
     pub mode: u32,
+    /// For a piece of a file split across sessions: where its bytes lie in the whole file.
+    /// `size` is then the piece's length, and the session sees a file of that size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<Part>,
+}
+
+/// Where a piece of a split file lies: bytes `[offset, offset + size)` of a file of
+/// `whole_size` bytes (see [`ferry_proto::plan`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Part {
+    /// The piece's first byte in the whole file.
+    pub offset: u64,
+    /// The whole file's size.
+    pub whole_size: u64,
+}
+
+impl FileEntry {
+    /// The piece's first byte in the whole file (0 for a whole file).
+    pub fn offset(&self) -> u64 {
+        self.part.map_or(0, |p| p.offset)
+    }
+
+    /// The whole file's size (`size` for a whole file).
+    pub fn whole_size(&self) -> u64 {
+        self.part.map_or(self.size, |p| p.whole_size)
+    }
+
+    /// Whether the piece's offset and length lie within the whole file.
+    pub fn part_is_valid(&self) -> bool {
+        self.part.is_none_or(|p| {
+            p.offset
+                .checked_add(self.size)
+                .is_some_and(|end| end <= p.whole_size)
+        })
+    }
 }
 
 /// Which end of the data this side is.
@@ -94,6 +130,8 @@ pub struct SessionSpec {
     /// What the receiving side decided for each file, in manifest order: send, resume
     /// from the blocks it holds, or skip. Empty: every file is sent whole.
     pub plans: Vec<FilePlan>,
+    /// The multi-session transfer the session belongs to, if any.
+    pub transfer: Option<String>,
 }
 
 /// How a session ended.
@@ -222,6 +260,8 @@ pub struct SessionInfo {
     pub core: Option<usize>,
     /// The UDP port of that thread's socket.
     pub port: u16,
+    /// The multi-session transfer it belongs to, if any.
+    pub transfer: Option<String>,
 }
 
 /// A handle on a running data plane (cheap to clone): one or more lanes, each a data thread
@@ -319,6 +359,26 @@ impl DataPlane {
     /// Binds `addr` (port 0 picks one) and starts one data thread, not pinned.
     pub fn start(addr: SocketAddr) -> io::Result<DataPlane> {
         Self::start_on(addr, &[])
+    }
+
+    /// `n` data threads (at least one), not pinned, each with a socket of its own on a free
+    /// port of `addr`'s address: a client running several sessions at once.
+    pub fn start_lanes(addr: SocketAddr, n: usize) -> io::Result<DataPlane> {
+        let lanes = (0..n.max(1))
+            .map(|i| {
+                let at = if i == 0 {
+                    addr
+                } else {
+                    SocketAddr::new(addr.ip(), 0)
+                };
+                Lane::start(at, None)
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(DataPlane {
+            lanes: Arc::new(lanes),
+            placement: Default::default(),
+            caps: HostCaps::default(),
+        })
     }
 
     /// One data thread per core in `cores`, each pinned to its core with a socket of its
@@ -597,24 +657,30 @@ impl Files {
             self.open.insert(index, f);
         }
         let f = &self.open[&index];
-        f.read_exact_at(buf, offset).map_err(|e| {
+        let e = &self.entries[index as usize];
+        f.read_exact_at(buf, e.offset() + offset).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
                 io::Error::new(io::ErrorKind::UnexpectedEof, "the source file shrank")
             } else {
                 e
             }
         })?;
-        // The file's last block: before it leaves (and lets the receiver finish the file),
-        // make sure the file is still the one the manifest describes, so that a file
-        // changed meanwhile is never delivered mixed.
-        let e = &self.entries[index as usize];
+        // The file's (or piece's) last block: before it leaves (and lets the receiver finish
+        // the file), make sure the file is still the one the manifest describes, so that a
+        // file changed meanwhile is never delivered mixed.
         if offset + buf.len() as u64 == e.size {
             let meta = f.metadata()?;
             let now = (meta.len(), mtime_of(&meta));
-            if now != (e.size, e.mtime) {
+            if now != (e.whole_size(), e.mtime) {
                 return Err(io::Error::other(SourceChanged(format!(
-                    "it changed during the transfer (size {} then {}, mtime {}.{:09} then                      {}.{:09})",
-                    e.size, now.0, e.mtime.0, e.mtime.1, now.1.0, now.1.1
+                    "it changed during the transfer (size {} then {}, mtime {}.{:09} then \
+                     {}.{:09})",
+                    e.whole_size(),
+                    now.0,
+                    e.mtime.0,
+                    e.mtime.1,
+                    now.1.0,
+                    now.1.1
                 ))));
             }
         }
@@ -635,7 +701,7 @@ impl Files {
                 .open(&path)?;
             // Allocate the whole file now, in one call, rather than page by page as blocks
             // arrive; on filesystems without fallocate this only sets the length.
-            ferry_io::file::preallocate(&f, self.entries[index as usize].size)?;
+            ferry_io::file::preallocate(&f, self.entries[index as usize].whole_size())?;
             self.open.insert(index, f);
         }
         Ok(&self.open[&index])
@@ -643,7 +709,8 @@ impl Files {
 
     /// Writes a block; when it completes its file, makes the file durable and renames it.
     fn write(&mut self, index: u32, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.open_partial(index)?.write_all_at(data, offset)?;
+        let at = self.entries[index as usize].offset() + offset;
+        self.open_partial(index)?.write_all_at(data, at)?;
         let received = &mut self.received[index as usize];
         received.insert(offset..offset + data.len() as u64);
         self.dirty.insert(index);
@@ -658,15 +725,31 @@ impl Files {
         !self.dirty.is_empty()
     }
 
-    /// What file `index` has received, as its checkpoint.
+    /// What file `index` has received, as its checkpoint (a piece's names whole-file
+    /// offsets and size, like the whole file's would).
     fn checkpoint_of(&self, index: u32) -> Checkpoint {
         let e = &self.entries[index as usize];
+        let received = &self.received[index as usize];
+        let bytes = match e.part {
+            None => received.clone(),
+            Some(p) => RangeSet::from_ranges(
+                received
+                    .ranges()
+                    .iter()
+                    .map(|r| r.start + p.offset..r.end + p.offset),
+            ),
+        };
         Checkpoint {
             block_size: self.block_size,
-            size: e.size,
+            size: e.whole_size(),
             mtime: e.mtime,
-            bytes: self.received[index as usize].clone(),
+            bytes,
         }
+    }
+
+    /// Where file `index`'s checkpoint lives.
+    fn checkpoint_path(&self, index: u32) -> PathBuf {
+        split::checkpoint_path_for(&self.path(index), &self.entries[index as usize])
     }
 
     /// Hands each written file's checkpoint to the background checkpointer, which syncs
@@ -679,7 +762,7 @@ impl Files {
             if let Some(f) = self.open.get(&index) {
                 let ckpt = self.checkpoint_of(index);
                 self.checkpointer
-                    .submit(f, self.path(index), ckpt, !self.no_fsync)?;
+                    .submit(f, self.checkpoint_path(index), ckpt, !self.no_fsync)?;
             }
         }
         Ok(())
@@ -696,7 +779,7 @@ impl Files {
             {
                 f.sync_data()?;
             }
-            resume::write_checkpoint(&self.path(index), &self.checkpoint_of(index))?;
+            resume::write_checkpoint_to(&self.checkpoint_path(index), &self.checkpoint_of(index))?;
         }
         Ok(())
     }
@@ -711,6 +794,14 @@ impl Files {
             f.sync_data()?;
         }
         let e = &self.entries[index as usize];
+        if e.part.is_some() {
+            // A piece: its complete checkpoint says so, and the last piece to finish
+            // renames the file.
+            self.dirty.remove(&index);
+            resume::write_checkpoint_to(&self.checkpoint_path(index), &self.checkpoint_of(index))?;
+            split::assemble(&self.path(index), e)?;
+            return Ok(());
+        }
         let mtime = UNIX_EPOCH + Duration::new(e.mtime.0.max(0) as u64, e.mtime.1.min(999_999_999));
         let _ = f.set_modified(mtime);
         if e.mode != 0 {
@@ -787,6 +878,8 @@ struct Session {
     ceiling: Option<u64>,
     /// The ferry user.
     user: String,
+    /// The multi-session transfer it belongs to.
+    transfer: Option<String>,
     wire_bytes: u64,
     /// When written data is next made durable and checkpointed (receiving sessions).
     next_checkpoint: Timestamp,
@@ -883,6 +976,7 @@ impl Session {
             policy: spec.policy,
             ceiling: spec.ceiling_bps,
             user: spec.user.clone(),
+            transfer: spec.transfer.clone(),
             wire_bytes: 0,
             next_checkpoint: now + CHECKPOINT_INTERVAL,
         })
@@ -1013,6 +1107,7 @@ impl Session {
             state: state(false),
             core: None,
             port: 0,
+            transfer: self.transfer.clone(),
         };
         if let Machine::Send(s, _) = &self.machine {
             let c = s.controller();
@@ -1569,6 +1664,7 @@ mod tests {
                 size: 1,
                 mtime: (0, 0),
                 mode: 0o644,
+                part: None,
             }],
             peer: None,
             no_fsync: true,
@@ -1576,6 +1672,7 @@ mod tests {
             user: "test".into(),
             ceiling_bps: None,
             plans: Vec::new(),
+            transfer: None,
         }
     }
 

@@ -19,6 +19,7 @@ pub mod logging;
 pub mod metrics;
 pub mod paths;
 pub mod resume;
+pub mod split;
 pub mod stats;
 pub mod sums;
 pub mod translog;

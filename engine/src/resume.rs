@@ -201,15 +201,8 @@ pub fn plan_file(
     sums: Option<&FileSums>,
 ) -> io::Result<FilePlan> {
     let sums = sums.filter(|s| policy.level >= 2 && !s.is_empty() && s.is_well_formed(entry.size));
-    if let Some(existing) = existing_file(path)? {
-        let differs = match sums {
-            _ if policy.level == 0 => true,
-            Some(sums) => existing.0 != entry.size || !same_content(path, entry, sums)?,
-            None => existing != (entry.size, entry.mtime),
-        };
-        if let Some(why) = keep_existing(existing.1, differs, entry, policy) {
-            return Ok(FilePlan::skip(why));
-        }
+    if let Some(skip) = judge_existing(path, entry, policy, sums)? {
+        return Ok(skip);
     }
     if policy.level >= 1 {
         match resumable(path, entry, block_size, sums) {
@@ -223,6 +216,34 @@ pub fn plan_file(
     }
     discard_partial(path)?;
     Ok(FilePlan::send(""))
+}
+
+/// The plan that skips `entry` when a complete file at `path` stays as it is by the
+/// overwrite policy; `None` when the file goes ahead. Without `sums` (levels 0 and 1) the
+/// existing file is judged by size and mtime.
+pub(crate) fn keep_existing_file(
+    path: &Path,
+    entry: &FileEntry,
+    policy: ResumePolicy,
+) -> io::Result<Option<FilePlan>> {
+    judge_existing(path, entry, policy, None)
+}
+
+fn judge_existing(
+    path: &Path,
+    entry: &FileEntry,
+    policy: ResumePolicy,
+    sums: Option<&FileSums>,
+) -> io::Result<Option<FilePlan>> {
+    let Some(existing) = existing_file(path)? else {
+        return Ok(None);
+    };
+    let differs = match sums {
+        _ if policy.level == 0 => true,
+        Some(sums) => existing.0 != entry.size || !same_content(path, entry, sums)?,
+        None => existing != (entry.size, entry.mtime),
+    };
+    Ok(keep_existing(existing.1, differs, entry, policy).map(FilePlan::skip))
 }
 
 /// Size and mtime of the regular file at `path`, if there is one.
@@ -270,15 +291,17 @@ fn resumable(
     block_size: u32,
     sums: Option<&FileSums>,
 ) -> Result<Option<FilePlan>, String> {
-    let bytes = match fs::read(checkpoint_path(path)) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("the checkpoint cannot be read ({e})")),
-    };
-    let ckpt = Checkpoint::decode(&bytes).map_err(|e| format!("restarted: {e}"))?;
-    if !ckpt.matches(entry.size, entry.mtime) {
-        return Err("restarted: the source changed since the partial file was written".into());
+    // The whole file's checkpoint and those of pieces written by split sessions, together.
+    let bytes = crate::split::held(path, entry.size, entry.mtime)?;
+    if bytes.is_empty() {
+        return Ok(None);
     }
+    let ckpt = Checkpoint {
+        block_size,
+        size: entry.size,
+        mtime: entry.mtime,
+        bytes,
+    };
     let partial_len = fs::metadata(partial_path(path)).map(|m| m.len());
     if partial_len.map_or(true, |len| {
         len < ckpt.bytes.ranges().last().map_or(0, |r| r.end)
@@ -323,14 +346,19 @@ fn checked(
     Ok(ckpt)
 }
 
-/// Removes `NAME.partial.ckpt` and `NAME.partial`, the checkpoint first.
+/// Removes `NAME.partial.ckpt` and `NAME.partial`, the checkpoint first, and the
+/// checkpoints of split pieces (looked for only when there was a partial).
 pub fn discard_partial(path: &Path) -> io::Result<()> {
+    let mut had_partial = false;
     for p in [checkpoint_path(path), partial_path(path)] {
         match fs::remove_file(&p) {
-            Ok(()) => {}
+            Ok(()) => had_partial = p.extension().is_some_and(|e| e == "partial"),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
+    }
+    if had_partial {
+        crate::split::remove_checkpoints(path)?;
     }
     Ok(())
 }
@@ -338,10 +366,14 @@ pub fn discard_partial(path: &Path) -> io::Result<()> {
 /// Writes the checkpoint of the file at `path` atomically: a temporary file, then a rename
 /// over the previous checkpoint. The caller has made the bytes it names durable.
 pub fn write_checkpoint(path: &Path, ckpt: &Checkpoint) -> io::Result<()> {
-    let target = checkpoint_path(path);
-    let tmp = with_suffix(&target, ".tmp");
+    write_checkpoint_to(&checkpoint_path(path), ckpt)
+}
+
+/// Writes a checkpoint atomically at `target` (a whole file's or a piece's).
+pub fn write_checkpoint_to(target: &Path, ckpt: &Checkpoint) -> io::Result<()> {
+    let tmp = with_suffix(target, ".tmp");
     fs::write(&tmp, ckpt.encode())?;
-    fs::rename(&tmp, &target)
+    fs::rename(&tmp, target)
 }
 
 /// Removes the checkpoint of the file at `path`, if any.
@@ -363,6 +395,7 @@ mod tests {
             size,
             mtime: (mtime, 0),
             mode: 0o644,
+            part: None,
         }
     }
 
@@ -497,6 +530,7 @@ mod tests {
             size: data.len() as u64,
             mtime: (5, 0),
             mode: 0o644,
+            part: None,
         };
         let level = |level| ResumePolicy {
             level,

@@ -156,6 +156,7 @@ fn entry(path: &str, size: u64) -> FileEntry {
         size,
         mtime: (1_700_000_000, 0),
         mode: 0o644,
+        part: None,
     }
 }
 
@@ -269,6 +270,7 @@ fn upload_creates_directories_and_starts_a_receiver() {
             },
             client_udp: 40_000,
             sums: Vec::new(),
+            transfer: None,
         })
         .unwrap();
     assert_ne!(ready.session, 0);

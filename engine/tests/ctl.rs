@@ -577,17 +577,6 @@ fn only_root_and_ferryds_user_may_connect() {
     ctl_json(&s, &["status"]);
 }
 
-/// Rewrites `s`'s ferryd.toml, replacing each `(from, to)`; before `run`.
-fn edit_config(s: &Server, edits: &[(&str, &str)]) {
-    let path = s.srv.join("ferryd.toml");
-    let mut text = fs::read_to_string(&path).unwrap();
-    for (from, to) in edits {
-        assert!(text.contains(from), "no {from:?} in ferryd.toml:\n{text}");
-        text = text.replace(from, to);
-    }
-    fs::write(&path, text).unwrap();
-}
-
 /// Waits until ferryd lists `n` sessions that are moving data; returns them by id.
 fn wait_for_running_sessions(s: &Server, n: usize, clients: &mut [&mut Running]) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -647,13 +636,10 @@ fn an_inbound_cap_holds_across_two_uploads_on_two_cores() {
     let cores = ferry_io::placement::available_cores();
     let mut s = Server::init();
     let pinned = format!("cores = [{}, {}]", cores[0], cores[cores.len() - 1]);
-    edit_config(
-        &s,
-        &[
-            ("cores = []", &pinned),
-            ("inbound = \"none\"", "inbound = \"300m\""),
-        ],
-    );
+    s.edit_config(&[
+        ("cores = []", &pinned),
+        ("inbound = \"none\"", "inbound = \"300m\""),
+    ]);
     s.run();
     let caps = ctl_json(&s, &["caps"]);
     assert_eq!(caps["inbound_bps"], 300_000_000u64, "{caps}");
@@ -989,13 +975,10 @@ fn a_session_is_in_the_transfer_log_stats_and_metrics() {
     let _ = ferryctl();
     let mut s = Server::init();
     let port = free_port();
-    edit_config(
-        &s,
-        &[(
-            "# metrics_listen = \"127.0.0.1:9464\"",
-            &format!("metrics_listen = \"127.0.0.1:{port}\""),
-        )],
-    );
+    s.edit_config(&[(
+        "# metrics_listen = \"127.0.0.1:9464\"",
+        &format!("metrics_listen = \"127.0.0.1:{port}\""),
+    )]);
     s.run();
     let size = 8 * MIB;
     let src = s.dir("up").join("logged file.bin");
@@ -1125,4 +1108,94 @@ fn cancel_ends_a_transfer_and_leaves_the_partial_for_a_resume() {
         "the final name exists after cancel"
     );
     s.assert_alive("after cancel");
+}
+
+#[test]
+fn a_multi_session_transfer_is_one_row_and_set_rate_divides_it() {
+    let _serial = measuring();
+    let _ = ferryctl();
+    let mut s = Server::start();
+    let src = s.dir("src").join("split.bin");
+    write_random_file(&src, 96 * MIB, 0x5E55);
+    let cmd = s.ferry_cmd(
+        "send",
+        &[
+            OsStr::new("--sessions"),
+            OsStr::new("2"),
+            OsStr::new("--split-threshold"),
+            OsStr::new("1MB"),
+            OsStr::new("-l"),
+            OsStr::new("200m"),
+            OsStr::new("--policy"),
+            OsStr::new("fixed"),
+            src.as_os_str(),
+            OsStr::new(&s.remote("/")),
+        ],
+    );
+    let mut ferry = s.spawn_ferry(&cmd);
+    let running = wait_for_running_sessions(&s, 2, &mut [&mut ferry]);
+    let tag = running[0]["transfer"]
+        .as_str()
+        .expect("a transfer tag")
+        .to_string();
+    assert_eq!(
+        running[1]["transfer"], running[0]["transfer"],
+        "{running:?}"
+    );
+    for x in &running {
+        assert_eq!(
+            u64_of(x, "target_bps"),
+            100_000_000,
+            "200m over 2 sessions: {x}"
+        );
+    }
+    assert_ne!(
+        running[0]["port"], running[1]["port"],
+        "one session per lane: {running:?}"
+    );
+
+    // The table: the transfer's row, its two sessions beneath it.
+    let table = ctl_ok(&s, &["sessions"]);
+    let lines: Vec<&str> = table.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with(&tag))
+        .unwrap_or_else(|| panic!("no row for {tag}:\n{table}"));
+    assert!(lines[at].contains("2 sessions"), "{table}");
+    assert!(
+        lines[at + 1].starts_with("├ ") && lines[at + 2].starts_with("└ "),
+        "{table}"
+    );
+
+    let said = ctl_ok(&s, &["set-rate", &tag, "--target", "400m"]);
+    assert!(said.contains(&tag), "{said}");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let v = ctl_json(&s, &["sessions"]);
+        let targets: Vec<u64> = v["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["transfer"] == tag.as_str())
+            .map(|x| u64_of(x, "target_bps"))
+            .collect();
+        if targets == [200_000_000, 200_000_000] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "targets after set-rate 400m: {targets:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let unknown = ferryctl_at(&s.ctl_socket(), &["set-rate", "tdead", "--target", "1m"]);
+    assert!(!unknown.status.success(), "{}", describe(&unknown));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no transfer tdead"),
+        "{}",
+        describe(&unknown)
+    );
+    let run = ferry.wait(FERRY_TIMEOUT);
+    s.assert_ok(&run, "the two-session upload after set-rate");
+    assert_eq!(first_difference(&src, &s.docroot.join("split.bin")), None);
 }

@@ -10,6 +10,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
@@ -91,12 +92,22 @@ struct Options {
     /// -k 2 and 3).
     #[arg(long, default_value = "diff")]
     overwrite: Overwrite,
-    /// Multi-session count (not implemented yet: one session).
-    #[arg(long)]
+    /// Sessions to spread the transfer over (uploads): each on its own core of the server
+    /// (and of this host), files distributed among them, large files split into ranges.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
     sessions: Option<u32>,
-    /// Split threshold for multi-session transfers (not implemented yet).
-    #[arg(long)]
-    split_threshold: Option<String>,
+    /// Files of at least this size are split across the sessions; smaller ones travel
+    /// whole (e.g. 60MB, 1GiB).
+    #[arg(long, default_value = "60MB", value_parser = parse_size)]
+    split_threshold: u64,
+    /// How long each session waits after the one before it started, at most: a session
+    /// starts as soon as the one before it moves data, or after this interval.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    session_interval: Duration,
+    /// Cluster nodes sharing the destination storage, `HOST[:PORT],...`: the sessions are
+    /// spread over them round-robin (one session per node unless --sessions says more).
+    #[arg(long, value_delimiter = ',')]
+    hosts: Vec<String>,
     /// Rename files without waiting for them to be on disk.
     #[arg(long)]
     no_fsync: bool,
@@ -234,11 +245,59 @@ fn main() -> ExitCode {
 }
 
 fn warn_unimplemented(o: &Options) {
-    if o.sessions.is_some_and(|n| n > 1) || o.split_threshold.is_some() {
+    if o.sessions.is_some_and(|n| n > 1) || !o.hosts.is_empty() {
         eprintln!(
-            "ferry: note: multi-session transfers are not implemented yet; using one session"
+            "ferry: note: multi-session downloads are not implemented yet; using one session"
         );
     }
+}
+
+/// `60MB`, `1GiB`, `4096`: decimal (kB, MB, GB, TB) or binary (KiB, MiB, GiB, TiB) units.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 60MB, 1GiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        u => {
+            return Err(format!(
+                "unknown size unit {u:?} (use kB, MB, GB, KiB, MiB, GiB)"
+            ));
+        }
+    };
+    Ok((v * mult as f64) as u64)
+}
+
+/// `1s`, `500ms`, `2m`, `0`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 1s, 500ms)"))?;
+    let secs = match unit {
+        "" | "s" => v,
+        "ms" => v / 1e3,
+        "m" => v * 60.0,
+        u => return Err(format!("unknown duration unit {u:?} (use ms, s, m)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn resume_policy(o: &Options) -> ResumePolicy {
@@ -317,13 +376,15 @@ fn resolve(host: &str, port: u16) -> Result<SocketAddr, Failure> {
         .ok_or_else(|| Failure(ErrorCode::TcpConnect, format!("{host} has no address")))
 }
 
-fn start_data_plane(server: &SocketAddr) -> Result<DataPlane, Failure> {
+/// The client's data plane: `lanes` data threads, for as many sessions at once.
+fn start_data_plane(server: &SocketAddr, lanes: usize) -> Result<DataPlane, Failure> {
     let any: SocketAddr = if server.is_ipv4() {
         "0.0.0.0:0".parse().expect("literal")
     } else {
         "[::]:0".parse().expect("literal")
     };
-    DataPlane::start(any).map_err(|e| Failure(ErrorCode::Io, format!("binding a UDP socket: {e}")))
+    DataPlane::start_lanes(any, lanes)
+        .map_err(|e| Failure(ErrorCode::Io, format!("binding a UDP socket: {e}")))
 }
 
 /// The local side of an upload: manifest entries (relative names), the local path of each,
@@ -390,6 +451,7 @@ fn walk(
             size: meta.len(),
             mtime: data::mtime_of(meta),
             mode: meta.permissions().mode() & 0o7777,
+            part: None,
         });
         locals.push(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()));
     } else {
@@ -402,7 +464,6 @@ fn walk(
 }
 
 fn send(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
-    warn_unimplemented(o);
     let (sources, dest) = args.split_at(args.len() - 1);
     let remote = parse_remote(&dest[0]).ok_or_else(|| {
         Failure(
@@ -411,18 +472,230 @@ fn send(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
         )
     })?;
     let (files, locals, dirs) = collect(sources)?;
-    let server_tcp = resolve(&remote.host, o.port)?;
+    let nodes = cluster_nodes(o, &remote)?;
+    let count = o.sessions.map_or(nodes.len(), |n| n as usize).max(1);
+    let jobs = upload_jobs(o, &files, &locals, &dirs, count);
+    let tracker = Tracker::new(jobs.iter().map(|j| j.bytes).collect());
+    let started = std::thread::scope(|scope| {
+        let mut threads = Vec::new();
+        for (i, job) in jobs.iter().enumerate() {
+            if i > 0 {
+                tracker.wait_for_start(i - 1, o.session_interval);
+            }
+            let node = &nodes[i % nodes.len()];
+            let (remote, tracker) = (&remote, &tracker);
+            threads.push(scope.spawn(move || {
+                let r = upload_session(o, remote, node, job, i, tracker);
+                tracker.ended(i, r.is_err());
+                r
+            }));
+            if tracker.failed() {
+                // A session failed: the transfer will; start no more of its sessions (the
+                // ones running finish their part, which a re-run with -k then keeps).
+                (i + 1..jobs.len()).for_each(|j| tracker.ended(j, false));
+                break;
+            }
+        }
+        tracker.watch(o.json);
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join().unwrap_or_else(|_| {
+                    Err(Failure(
+                        ErrorCode::Internal,
+                        "a session thread panicked".into(),
+                    ))
+                })
+            })
+            .collect::<Vec<_>>()
+    });
+    let runs = first_failure(started)?;
+    let plans: Vec<FilePlan> = runs.iter().flat_map(|r| r.plans.iter().cloned()).collect();
+    Ok(Outcome {
+        files: files.len(),
+        resumed_bytes: runs.iter().map(|r| r.resumed_bytes).sum(),
+        plans,
+        bytes: runs.iter().map(|r| r.bytes).sum(),
+        wire_bytes: runs.iter().map(|r| r.report.wire_bytes).sum(),
+        retransmitted_bytes: runs.iter().map(|r| r.report.retransmitted_bytes).sum(),
+        data_secs: data_phase(&runs),
+    })
+}
+
+/// A server to open sessions with: the destination's host, or each of `--hosts`.
+struct Node {
+    host: String,
+    port: u16,
+}
+
+/// `--hosts h1,h2:33002,[::1]:33003`, or the destination's own host.
+fn cluster_nodes(o: &Options, remote: &Remote) -> Result<Vec<Node>, Failure> {
+    if o.hosts.is_empty() {
+        return Ok(vec![Node {
+            host: remote.host.clone(),
+            port: o.port,
+        }]);
+    }
+    o.hosts
+        .iter()
+        .map(|h| {
+            let bad = || {
+                Failure(
+                    ErrorCode::BadRequest,
+                    format!("--hosts: {h:?} is not HOST[:PORT]"),
+                )
+            };
+            let (host, port) = if let Some(r) = h.strip_prefix('[') {
+                let (host, rest) = r.split_once(']').ok_or_else(bad)?;
+                (host, rest.strip_prefix(':'))
+            } else {
+                match h.split_once(':') {
+                    Some((host, port)) => (host, Some(port)),
+                    None => (h.as_str(), None),
+                }
+            };
+            let port = match port {
+                Some(p) => p.parse().map_err(|_| bad())?,
+                None => o.port,
+            };
+            if host.is_empty() {
+                return Err(bad());
+            }
+            Ok(Node {
+                host: host.to_string(),
+                port,
+            })
+        })
+        .collect()
+}
+
+/// What one session of an upload carries.
+struct Job {
+    /// Manifest entries (names relative to the destination); a piece of a split file has a
+    /// [`data::Part`].
+    files: Vec<FileEntry>,
+    /// The local path of each.
+    locals: Vec<PathBuf>,
+    /// Directories to create (every session asks: creating one twice is harmless).
+    dirs: Vec<String>,
+    /// Payload bytes.
+    bytes: u64,
+}
+
+/// Pieces of large files align to this: whole 4 MiB extents on disk.
+const SPLIT_UNIT: u64 = 4 << 20;
+
+/// Divides the files among `count` sessions (`ferry_proto::plan`): small files whole,
+/// large ones in ranges. One session carries every file whole.
+fn upload_jobs(
+    o: &Options,
+    files: &[FileEntry],
+    locals: &[PathBuf],
+    dirs: &[String],
+    count: usize,
+) -> Vec<Job> {
+    if count <= 1 {
+        return vec![Job {
+            files: files.to_vec(),
+            locals: locals.to_vec(),
+            dirs: dirs.to_vec(),
+            bytes: files.iter().map(|f| f.size).sum(),
+        }];
+    }
+    let sizes: Vec<u64> = files.iter().map(|f| f.size).collect();
+    ferry_proto::plan::plan(&sizes, count, o.split_threshold, SPLIT_UNIT)
+        .into_iter()
+        .filter(|p| !p.pieces.is_empty())
+        .map(|p| {
+            let mut job = Job {
+                files: Vec::with_capacity(p.pieces.len()),
+                locals: Vec::with_capacity(p.pieces.len()),
+                dirs: dirs.to_vec(),
+                bytes: p.bytes,
+            };
+            for piece in p.pieces {
+                let f = &files[piece.file as usize];
+                let whole = piece.offset == 0 && piece.len == f.size;
+                job.files.push(FileEntry {
+                    size: piece.len,
+                    part: (!whole).then_some(data::Part {
+                        offset: piece.offset,
+                        whole_size: f.size,
+                    }),
+                    ..f.clone()
+                });
+                job.locals.push(locals[piece.file as usize].clone());
+            }
+            job
+        })
+        .collect()
+}
+
+/// What a finished session hands back.
+struct SessionRun {
+    report: SessionReport,
+    plans: Vec<FilePlan>,
+    resumed_bytes: u64,
+    /// File payload delivered (the receiving side's count where it is known).
+    bytes: u64,
+    /// When its data phase began and ended.
+    began: Instant,
+    ended: Instant,
+}
+
+/// From the first session's first data to the last one's completion.
+fn data_phase(runs: &[SessionRun]) -> f64 {
+    let began = runs.iter().map(|r| r.began).min();
+    let ended = runs.iter().map(|r| r.ended).max();
+    match (began, ended) {
+        (Some(b), Some(e)) => e.saturating_duration_since(b).as_secs_f64(),
+        _ => 0.0,
+    }
+}
+
+/// The sessions' results, or the first session's failure (the transfer failed).
+fn first_failure(results: Vec<Result<SessionRun, Failure>>) -> Result<Vec<SessionRun>, Failure> {
+    results.into_iter().collect()
+}
+
+/// One session of an upload, from its SSH connection to the server's last word.
+fn upload_session(
+    o: &Options,
+    remote: &Remote,
+    node: &Node,
+    job: &Job,
+    slot: usize,
+    tracker: &Tracker,
+) -> Result<SessionRun, Failure> {
+    let server_tcp = resolve(&node.host, node.port)?;
     let block = data::block_size_for(&server_tcp, o.cipher);
-    let (mut control, rtt) = connect(o, &remote)?;
-    let plane = start_data_plane(&server_tcp)?;
-    let sums = source_sums(&files, &locals, o.resume)?;
+    let target = Remote {
+        user: remote.user.clone(),
+        host: node.host.clone(),
+        path: remote.path.clone(),
+    };
+    let (mut control, rtt) = connect(
+        &Options {
+            port: node.port,
+            ..o.clone()
+        },
+        &target,
+    )?;
+    let plane = tracker.plane(&server_tcp)?;
+    let sums = source_sums(&job.files, &job.locals, o.resume)?;
+    let mut params = params(o, block, rtt);
+    if let Some(total) = o.target_rate {
+        // The transfer's rate, shared: each session aims at its part.
+        params.target_bps = (total / tracker.sessions() as u64).max(1);
+    }
     let ready = control.upload(UploadRequest {
         dest: remote.path.clone(),
-        files: files.clone(),
-        dirs,
-        params: params(o, block, rtt),
+        files: job.files.clone(),
+        dirs: job.dirs.clone(),
+        params,
         client_udp: plane.local_addr().port(),
         sums,
+        transfer: tracker.tag(),
     })?;
     let secret =
         ferry_engine::control::messages::secret_from_hex(&ready.secret).ok_or_else(|| {
@@ -433,21 +706,22 @@ fn send(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
         })?;
     let peer = SocketAddr::new(server_tcp.ip(), ready.udp_port);
     let plans = match ready.plans.len() {
-        0 => vec![FilePlan::default(); files.len()],
-        n if n == files.len() => ready.plans.clone(),
+        0 => vec![FilePlan::default(); job.files.len()],
+        n if n == job.files.len() => ready.plans.clone(),
         n => {
             return Err(Failure(
                 ErrorCode::Protocol,
-                format!("the server sent {n} plans for {} files", files.len()),
+                format!("the server sent {n} plans for {} files", job.files.len()),
             ));
         }
     };
-    let resumed_bytes = announce_plans(&files, &plans, ready.block_size, o.json);
+    let resumed_bytes = announce_plans(&job.files, &plans, ready.block_size, o.json);
     // The data plane reads each file from its local path: the manifest names travel, the
     // local paths stay here.
-    let local_files = files
+    let local_files = job
+        .files
         .iter()
-        .zip(&locals)
+        .zip(&job.locals)
         .map(|(f, l)| FileEntry {
             path: l.to_string_lossy().into_owned(),
             ..f.clone()
@@ -475,8 +749,9 @@ fn send(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
         user: remote.user.clone(),
         ceiling_bps: ready.ceiling_bps,
         plans: plans.clone(),
+        transfer: tracker.tag(),
     };
-    let report = run_session(&plane, &mut control, spec, o.json)?;
+    let (report, began, ended) = run_session(&plane, &mut control, spec, slot, tracker)?;
     // A failure seen here (a source that vanished) is more specific than the server's view
     // of it (the sender closed the session), unless all we saw is that the server ended
     // the session: then its reason (disk full) is the one to show.
@@ -495,14 +770,13 @@ fn send(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
     if let Some(err) = done.error() {
         return Err(err.into());
     }
-    Ok(Outcome {
-        files: files.len(),
+    Ok(SessionRun {
+        bytes: done.bytes.max(report.bytes),
+        report,
         plans,
         resumed_bytes,
-        bytes: done.bytes.max(report.bytes),
-        wire_bytes: report.wire_bytes,
-        retransmitted_bytes: report.retransmitted_bytes,
-        data_secs: report.data_secs,
+        began,
+        ended,
     })
 }
 
@@ -540,7 +814,7 @@ fn recv(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
     let server_tcp = resolve(&remote.host, o.port)?;
     let block = data::block_size_for(&server_tcp, o.cipher);
     let (mut control, rtt) = connect(o, &remote)?;
-    let plane = start_data_plane(&server_tcp)?;
+    let plane = start_data_plane(&server_tcp, 1)?;
     let request = DownloadRequest {
         sources: paths,
         params: params(o, block, rtt),
@@ -596,8 +870,15 @@ fn recv(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
         user: remote.user.clone(),
         ceiling_bps: s.ceiling_bps,
         plans: plans.clone(),
+        transfer: None,
     };
-    let report = run_session(&plane, &mut control, spec, o.json)?;
+    let tracker = Tracker::new(vec![manifest.files.iter().map(|f| f.size).sum()]);
+    let (report, _, _) = std::thread::scope(|scope| {
+        scope.spawn(|| tracker.watch(o.json));
+        let r = run_session(&plane, &mut control, spec, 0, &tracker);
+        tracker.ended(0, r.is_err());
+        r
+    })?;
     if let Some(err) = report.error {
         return Err(err.into());
     }
@@ -670,18 +951,183 @@ fn plan_download(
         .collect()
 }
 
-/// Runs one session to its end, reporting progress at least once a second.
+/// The sessions of one transfer, as the thread that reports on them sees them: their
+/// progress, whether they have started moving data or ended, and the client's data plane
+/// they share (one lane per session, up to this host's cores).
+struct Tracker {
+    /// Each session's live progress, once it has started.
+    progress: Vec<OnceLock<Arc<data::Progress>>>,
+    /// Each session's payload bytes, as planned (until its own total is known).
+    planned: Vec<u64>,
+    ended: Vec<AtomicBool>,
+    /// A session failed: no more are started (the running ones finish their part).
+    failed: AtomicBool,
+    plane: OnceLock<Result<DataPlane, String>>,
+    /// Wakes the watcher and the starter of the next session.
+    changed: (Mutex<()>, Condvar),
+    /// The tag the sessions of a multi-session transfer share (for ferryctl).
+    transfer: String,
+}
+
+impl Tracker {
+    fn new(planned: Vec<u64>) -> Tracker {
+        let n = planned.len();
+        Tracker {
+            progress: (0..n).map(|_| OnceLock::new()).collect(),
+            planned,
+            ended: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            failed: AtomicBool::new(false),
+            plane: OnceLock::new(),
+            changed: (Mutex::new(()), Condvar::new()),
+            transfer: ferry_engine::control::messages::new_transfer_tag(),
+        }
+    }
+
+    fn sessions(&self) -> usize {
+        self.planned.len()
+    }
+
+    /// The transfer's tag, when it has several sessions.
+    fn tag(&self) -> Option<String> {
+        (self.sessions() > 1).then(|| self.transfer.clone())
+    }
+
+    /// The client's data plane, started by the first session that needs it.
+    fn plane(&self, server: &SocketAddr) -> Result<DataPlane, Failure> {
+        let lanes = self
+            .sessions()
+            .min(std::thread::available_parallelism().map_or(1, |n| n.get()));
+        self.plane
+            .get_or_init(|| start_data_plane(server, lanes).map_err(|f| f.1))
+            .clone()
+            .map_err(|m| Failure(ErrorCode::Io, m))
+    }
+
+    fn notify(&self) {
+        let _guard = self.changed.0.lock();
+        self.changed.1.notify_all();
+    }
+
+    fn started(&self, slot: usize, progress: Arc<data::Progress>) {
+        let _ = self.progress[slot].set(progress);
+        self.notify();
+    }
+
+    fn ended(&self, slot: usize, failed: bool) {
+        self.ended[slot].store(true, Ordering::Relaxed);
+        if failed {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        self.notify();
+    }
+
+    fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Waits until session `slot` moves data, ends, or `interval` has passed.
+    fn wait_for_start(&self, slot: usize, interval: Duration) {
+        let deadline = Instant::now() + interval;
+        let mut guard = self.changed.0.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let moving = self.progress[slot]
+                .get()
+                .is_some_and(|p| p.started.load(Ordering::Relaxed));
+            let now = Instant::now();
+            if moving
+                || self.ended[slot].load(Ordering::Relaxed)
+                || self.failed()
+                || now >= deadline
+            {
+                return;
+            }
+            // Data flow shows in the progress only: look again every 20 ms.
+            let wait = (deadline - now).min(Duration::from_millis(20));
+            guard = match self.changed.1.wait_timeout(guard, wait) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        }
+    }
+
+    /// Bytes delivered and to deliver, over every session.
+    fn totals(&self) -> (u64, u64) {
+        let mut bytes = 0;
+        let mut total = 0;
+        for (p, planned) in self.progress.iter().zip(&self.planned) {
+            match p.get() {
+                Some(p) => {
+                    bytes += p.bytes.load(Ordering::Relaxed);
+                    total += p.total.load(Ordering::Relaxed);
+                }
+                None => total += planned,
+            }
+        }
+        (bytes, total)
+    }
+
+    /// Reports progress at least once a second (JSON lines or a bar) until every
+    /// session has ended.
+    fn watch(&self, json: bool) {
+        let bar = (!json && std::io::stderr().is_terminal()).then(progress_bar);
+        let started = Instant::now();
+        let mut last = (started, 0u64);
+        loop {
+            {
+                let guard = self.changed.0.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = self
+                    .changed
+                    .1
+                    .wait_timeout(guard, Duration::from_millis(200));
+            }
+            if self.ended.iter().all(|e| e.load(Ordering::Relaxed)) {
+                break;
+            }
+            let now = Instant::now();
+            if now.duration_since(last.0) < Duration::from_millis(180) {
+                continue;
+            }
+            let (bytes, total) = self.totals();
+            let dt = now.duration_since(last.0).as_secs_f64();
+            let rate = ((bytes.saturating_sub(last.1)) as f64 * 8.0 / dt.max(1e-3)) as u64;
+            last = (now, bytes);
+            if json {
+                let elapsed = now.duration_since(started).as_secs_f64();
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "progress", "bytes": bytes, "total": total,
+                        "rate_bps": rate, "elapsed_s": elapsed})
+                );
+                let _ = std::io::stdout().flush();
+            } else if let Some(b) = &bar {
+                b.set_length(total);
+                b.set_position(bytes);
+                b.set_message(ferry_ctl::human_rate(rate));
+            }
+        }
+        if let Some(b) = bar {
+            if self.failed() {
+                b.abandon();
+            } else {
+                b.finish();
+            }
+        }
+    }
+}
+
+/// Runs one session to its end: relays the server's steering, and stops it when the
+/// control connection is lost or on a signal. Returns its report and when its data phase
+/// began and ended.
 fn run_session(
     plane: &DataPlane,
     control: &mut Control,
     spec: SessionSpec,
-    json: bool,
-) -> Result<SessionReport, Failure> {
+    slot: usize,
+    tracker: &Tracker,
+) -> Result<(SessionReport, Instant, Instant), Failure> {
     let id = spec.session;
     let handle = plane.start_session(spec);
-    let bar = (!json && std::io::stderr().is_terminal()).then(progress_bar);
-    let started = Instant::now();
-    let mut last = (started, 0u64);
+    tracker.started(slot, handle.progress.clone());
     loop {
         // Changes the server's operator relays (ferryctl on an upload, whose sender is
         // here) are applied at once; waiting for them is also part of this loop's pause.
@@ -705,13 +1151,11 @@ fn run_session(
                 eprintln!("ferry: the server asked for a change that failed here: {e}");
             }
         }
-        // Progress at least once a second (the contract); more often makes a smoother bar.
-        match handle.report.recv_timeout(Duration::from_millis(180)) {
+        match handle.report.recv_timeout(Duration::from_millis(50)) {
             Ok(report) => {
-                if let Some(b) = &bar {
-                    b.finish();
-                }
-                return Ok(report);
+                let ended = Instant::now();
+                let began = ended - Duration::from_secs_f64(report.data_secs.max(0.0));
+                return Ok((report, began, ended));
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 return Err(Failure(
@@ -738,33 +1182,10 @@ fn run_session(
             // sender and checkpoints what it has. Incomplete files stay NAME.partial.
             let _ = plane.control(id, data::SessionOp::Abandon);
             let _ = handle.report.recv_timeout(Duration::from_secs(5));
-            if let Some(b) = &bar {
-                b.abandon();
-            }
             return Err(Failure(
                 ErrorCode::Interrupted,
                 "interrupted by a signal; incomplete files are kept as NAME.partial".into(),
             ));
-        }
-        let p = &handle.progress;
-        let bytes = p.bytes.load(Ordering::Relaxed);
-        let total = p.total.load(Ordering::Relaxed);
-        let now = Instant::now();
-        let dt = now.duration_since(last.0).as_secs_f64();
-        let rate = ((bytes.saturating_sub(last.1)) as f64 * 8.0 / dt.max(1e-3)) as u64;
-        last = (now, bytes);
-        if json {
-            let elapsed = now.duration_since(started).as_secs_f64();
-            println!(
-                "{}",
-                serde_json::json!({"event": "progress", "bytes": bytes, "total": total,
-                    "rate_bps": rate, "elapsed_s": elapsed})
-            );
-            let _ = std::io::stdout().flush();
-        } else if let Some(b) = &bar {
-            b.set_length(total);
-            b.set_position(bytes);
-            b.set_message(ferry_ctl::human_rate(rate));
         }
     }
 }

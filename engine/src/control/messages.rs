@@ -93,6 +93,25 @@ pub struct UploadRequest {
     /// checks existing and partial files against.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sums: Vec<FileSums>,
+    /// The sessions of one multi-session transfer share this tag (`t` and hex digits), so
+    /// that `ferryctl` shows and steers them as one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<String>,
+}
+
+/// Whether `tag` is a transfer tag as clients make them: `t` and 1 to 31 hex digits.
+pub fn is_transfer_tag(tag: &str) -> bool {
+    tag.strip_prefix('t').is_some_and(|hex| {
+        (1..32).contains(&hex.len()) && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    })
+}
+
+/// A dead-weight-free random transfer tag.
+pub fn new_transfer_tag() -> String {
+    let mut b = [0u8; 4];
+    // The tag only groups sessions for display; a failed generator leaves a constant one.
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    format!("t{}", to_hex(&b))
 }
 
 /// A download: the server sends `sources` to the client.
@@ -361,6 +380,7 @@ mod tests {
             size,
             mtime: (1_700_000_000, 5),
             mode: 0o644,
+            part: None,
         }
     }
 
@@ -386,6 +406,7 @@ mod tests {
                 },
                 client_udp: 40000,
                 sums: Vec::new(),
+                transfer: None,
             }),
             ClientMsg::Download(DownloadRequest {
                 sources: vec!["/src.bin".into()],

@@ -25,7 +25,8 @@ use super::authorized_keys;
 use super::claims::Claims;
 use super::messages::{
     ClientMsg, Done, DownloadRequest, ErrorMsg, FilePlan, FileSums, LineBuffer, Manifest, Offer,
-    PROTOCOL_VERSION, Ready, ServerMsg, TransferParams, UploadRequest, encode_line, to_hex,
+    PROTOCOL_VERSION, Ready, ServerMsg, TransferParams, UploadRequest, encode_line,
+    is_transfer_tag, to_hex,
 };
 use super::{ErrorCode, SUBSYSTEM};
 use crate::config::FerrydConfig;
@@ -923,9 +924,18 @@ fn claim_and_plan<S: SessionStarter>(
     block_size: u32,
     policy: ResumePolicy,
 ) -> Result<Vec<FilePlan>, ErrorMsg> {
+    // A piece of a split file is claimed alone: the other pieces belong to other sessions.
+    let claimed: Vec<PathBuf> = targets
+        .iter()
+        .zip(&req.files)
+        .map(|(path, f)| match f.part {
+            Some(_) => crate::split::checkpoint_path_for(path, f),
+            None => path.clone(),
+        })
+        .collect();
     shared
         .claims
-        .claim(session, targets, CLAIM_WAIT, |old| {
+        .claim(session, &claimed, CLAIM_WAIT, |old| {
             eprintln!("ferryd: session {session} takes over the files of session {old}");
             shared.starter.abandon(old);
         })
@@ -945,7 +955,11 @@ fn claim_and_plan<S: SessionStarter>(
         .enumerate()
         .map(|(i, (path, f))| {
             let sums = req.sums.get(i);
-            crate::resume::plan_file(path, f, block_size, policy, sums).map_err(|e| {
+            let plan = match f.part {
+                Some(_) => crate::split::plan_piece(path, f, block_size, policy),
+                None => crate::resume::plan_file(path, f, block_size, policy, sums),
+            };
+            plan.map_err(|e| {
                 ErrorMsg::new(
                     ErrorCode::from_io(&e),
                     format!("cannot prepare {}: {e}", f.path),
@@ -1025,6 +1039,12 @@ fn prepare_upload<S: SessionStarter>(
     let mut targets = Vec::with_capacity(req.files.len());
     for f in &req.files {
         let path = root.confine_entry(&req.dest, &f.path).map_err(path_error)?;
+        if !f.part_is_valid() {
+            return Err(ErrorMsg::new(
+                ErrorCode::BadRequest,
+                format!("{:?}: the piece lies outside the file", f.path),
+            ));
+        }
         if !seen.insert(f.path.as_str()) {
             return Err(ErrorMsg::new(
                 ErrorCode::BadRequest,
@@ -1062,6 +1082,7 @@ fn prepare_upload<S: SessionStarter>(
             user: String::new(),
             ceiling_bps: None,
             plans,
+            transfer: req.transfer.filter(|t| is_transfer_tag(t)),
         },
         dirs: req.dirs,
         skipped: Vec::new(),
@@ -1157,6 +1178,7 @@ fn prepare_download(
             user: String::new(),
             ceiling_bps: None,
             plans: Vec::new(),
+            transfer: None,
         },
         dirs: walk.dirs,
         skipped: walk.skipped,
@@ -1197,6 +1219,7 @@ impl Walk<'_> {
             size: meta.len(),
             mtime: crate::data::mtime_of(meta),
             mode: meta.mode() & 0o7777,
+            part: None,
         });
     }
 

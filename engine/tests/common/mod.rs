@@ -146,6 +146,19 @@ impl Server {
         self.mounts.push(path.to_path_buf());
     }
 
+    /// Replaces text in `ferryd.toml` (each `from` must be there); takes effect at the next
+    /// `run`.
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn edit_config(&self, edits: &[(&str, &str)]) {
+        let path = self.srv.join("ferryd.toml");
+        let mut text = fs::read_to_string(&path).unwrap();
+        for (from, to) in edits {
+            assert!(text.contains(from), "no {from:?} in ferryd.toml:\n{text}");
+            text = text.replace(from, to);
+        }
+        fs::write(&path, text).unwrap();
+    }
+
     /// `ferryd run` with ports 0; waits for the ready line.
     pub fn run(&mut self) {
         assert!(self.child.is_none(), "already running");

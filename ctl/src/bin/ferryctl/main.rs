@@ -50,8 +50,10 @@ enum Cmd {
     /// Change a session's target rate, minimum rate or policy while it runs.
     #[command(group(ArgGroup::new("change").required(true).multiple(true)))]
     SetRate {
-        /// Session id (from `ferryctl sessions`).
-        id: u32,
+        /// Session id, or a multi-session transfer's tag (`t…`), whose sessions share the
+        /// rates evenly (both from `ferryctl sessions`).
+        #[arg(value_parser = parse_target)]
+        id: Target,
         /// New target rate (e.g. 400m).
         #[arg(long, value_name = "R", value_parser = parse_rate, group = "change")]
         target: Option<u64>,
@@ -170,11 +172,19 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             min,
             policy,
         } => {
-            conn.call(Command::SetRate {
-                id: *id,
-                target_bps: *target,
-                min_bps: *min,
-                policy: policy.clone(),
+            conn.call(match id {
+                Target::Session(id) => Command::SetRate {
+                    id: *id,
+                    target_bps: *target,
+                    min_bps: *min,
+                    policy: policy.clone(),
+                },
+                Target::Transfer(tag) => Command::SetTransferRate {
+                    transfer: tag.clone(),
+                    target_bps: *target,
+                    min_bps: *min,
+                    policy: policy.clone(),
+                },
             })?;
             let mut changes = Vec::new();
             if let Some(t) = target {
@@ -186,7 +196,20 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             if let Some(p) = policy {
                 changes.push(format!("policy {p}"));
             }
-            done(&mut out, cli.json, *id, "set-rate", &changes.join(", "))?;
+            match id {
+                Target::Session(id) => {
+                    done(&mut out, cli.json, *id, "set-rate", &changes.join(", "))?
+                }
+                Target::Transfer(tag) if cli.json => print_json(
+                    &mut out,
+                    &serde_json::json!({ "ok": true, "transfer": tag, "op": "set-rate" }),
+                )?,
+                Target::Transfer(tag) => writeln!(
+                    out,
+                    "transfer {tag}: {} (shared evenly by its sessions)",
+                    changes.join(", ")
+                )?,
+            }
         }
         Cmd::Pause { id } => {
             conn.call(Command::Pause { id: *id })?;
@@ -305,6 +328,28 @@ fn print_json<T: serde::Serialize>(out: &mut impl Write, v: &T) -> anyhow::Resul
     serde_json::to_writer_pretty(&mut *out, v)?;
     writeln!(out)?;
     Ok(())
+}
+
+/// What `set-rate` steers: one session, or every session of a multi-session transfer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Target {
+    Session(u32),
+    Transfer(String),
+}
+
+fn parse_target(s: &str) -> Result<Target, String> {
+    if let Ok(id) = s.parse() {
+        return Ok(Target::Session(id));
+    }
+    let tag = s
+        .strip_prefix('t')
+        .filter(|hex| (1..32).contains(&hex.len()) && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+    match tag {
+        Some(_) => Ok(Target::Transfer(s.to_string())),
+        None => Err(format!(
+            "{s:?} is neither a session id nor a transfer tag (see ferryctl sessions)"
+        )),
+    }
 }
 
 fn done(out: &mut impl Write, json: bool, id: u32, op: &str, what: &str) -> anyhow::Result<()> {
@@ -470,28 +515,52 @@ fn sessions_table(sessions: &[Session]) -> String {
         "ID", "DIR", "PEER", "USER", "FILES", "DONE", "OF", "%", "RATE", "TARGET", "MIN", "POLICY",
         "LOSS", "RTT", "STATE",
     ];
-    let rows: Vec<Vec<String>> = sessions
-        .iter()
-        .map(|s| {
-            vec![
-                s.id.to_string(),
-                s.direction.clone(),
-                or_dash(s.peer.as_deref()),
-                or_dash(s.user.as_deref()),
-                s.files.to_string(),
-                human_bytes(s.bytes),
-                human_bytes(s.total),
-                percent(s.bytes, s.total),
-                human_rate(s.rate_bps),
-                sender_only(s, human_rate(s.target_bps)),
-                sender_only(s, human_rate(s.min_bps)),
-                or_dash(Some(&s.policy)),
-                sender_only(s, format!("{:.2}%", s.loss * 100.0)),
-                sender_only(s, format!("{:.1} ms", s.rtt_ms)),
-                s.state.clone(),
-            ]
-        })
-        .collect();
+    let row = |id: String, s: &Session| {
+        vec![
+            id,
+            s.direction.clone(),
+            or_dash(s.peer.as_deref()),
+            or_dash(s.user.as_deref()),
+            s.files.to_string(),
+            human_bytes(s.bytes),
+            human_bytes(s.total),
+            percent(s.bytes, s.total),
+            human_rate(s.rate_bps),
+            sender_only(s, human_rate(s.target_bps)),
+            sender_only(s, human_rate(s.min_bps)),
+            or_dash(Some(&s.policy)),
+            sender_only(s, format!("{:.2}%", s.loss * 100.0)),
+            sender_only(s, format!("{:.1} ms", s.rtt_ms)),
+            s.state.clone(),
+        ]
+    };
+    // A multi-session transfer is one row, its sessions beneath it.
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut shown = std::collections::HashSet::new();
+    for s in sessions {
+        let Some(tag) = &s.transfer else {
+            rows.push(row(s.id.to_string(), s));
+            continue;
+        };
+        if !shown.insert(tag.clone()) {
+            continue;
+        }
+        let members: Vec<&Session> = sessions
+            .iter()
+            .filter(|m| m.transfer.as_ref() == Some(tag))
+            .collect();
+        let mut whole = transfer_summary(&members);
+        whole.state = format!("{} sessions", members.len());
+        rows.push(row(tag.clone(), &whole));
+        for (i, m) in members.iter().enumerate() {
+            let branch = if i + 1 == members.len() {
+                "└ "
+            } else {
+                "├ "
+            };
+            rows.push(row(format!("{branch}{}", m.id), m));
+        }
+    }
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -512,6 +581,28 @@ fn sessions_table(sessions: &[Session]) -> String {
         line(&mut r.iter().map(String::as_str));
     }
     out
+}
+
+/// The sessions of one transfer as one: bytes, totals and rates added up, the loss and
+/// RTT of the worst.
+fn transfer_summary(members: &[&Session]) -> Session {
+    let first = members[0];
+    Session {
+        direction: first.direction.clone(),
+        peer: first.peer.clone(),
+        user: first.user.clone(),
+        policy: first.policy.clone(),
+        files: members.iter().map(|m| m.files).sum(),
+        bytes: members.iter().map(|m| m.bytes).sum(),
+        total: members.iter().map(|m| m.total).sum(),
+        rate_bps: members.iter().map(|m| m.rate_bps).sum(),
+        target_bps: members.iter().map(|m| m.target_bps).sum(),
+        min_bps: members.iter().map(|m| m.min_bps).sum(),
+        loss: members.iter().map(|m| m.loss).fold(0.0, f64::max),
+        rtt_ms: members.iter().map(|m| m.rtt_ms).fold(0.0, f64::max),
+        transfer: first.transfer.clone(),
+        ..Session::default()
+    }
 }
 
 fn session_detail(s: &Session) -> String {
@@ -572,7 +663,13 @@ mod tests {
         let Cmd::SetRate { id, target, .. } = cli.command else {
             panic!()
         };
-        assert_eq!((id, target), (5, Some(400_000_000)));
+        assert_eq!((id, target), (Target::Session(5), Some(400_000_000)));
+        let cli = Cli::try_parse_from(["ferryctl", "set-rate", "t3fa9", "--min", "1m"]).unwrap();
+        let Cmd::SetRate { id, .. } = cli.command else {
+            panic!()
+        };
+        assert_eq!(id, Target::Transfer("t3fa9".into()));
+        assert!(Cli::try_parse_from(["ferryctl", "set-rate", "tx", "--min", "1m"]).is_err());
         assert!(Cli::try_parse_from(["ferryctl", "set-rate", "5", "--target", "fast"]).is_err());
         assert!(Cli::try_parse_from(["ferryctl", "set-rate", "5", "--policy", "greedy"]).is_err());
         // --json is accepted after the subcommand, as CONTRACT.md writes it.
@@ -606,6 +703,30 @@ mod tests {
         assert_eq!(sessions_table(&[]), "no sessions\n");
         let d = session_detail(&s);
         assert!(d.contains("target     200 Mbit/s"), "{d}");
+
+        // A transfer's sessions: one row adding them up, theirs beneath it.
+        let member = |id, port| Session {
+            id,
+            port,
+            transfer: Some("t1f".into()),
+            ..s.clone()
+        };
+        let t = sessions_table(&[member(1, 7), s.clone(), member(2, 8)]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 5, "{t}");
+        assert!(
+            lines[1].starts_with("t1f ") && lines[1].contains("2 sessions"),
+            "{t}"
+        );
+        assert!(
+            lines[1].contains("400 Mbit/s") && lines[1].contains("8.0 MiB"),
+            "{t}"
+        );
+        assert!(
+            lines[2].starts_with("├ 1 ") && lines[3].starts_with("└ 2 "),
+            "{t}"
+        );
+        assert!(lines[4].starts_with("12 "), "{t}");
     }
 
     #[test]

@@ -1,0 +1,163 @@
+//! Multi-session uploads with real processes: a tree and a split file over two sessions of
+//! one ferryd, and one file split across three ferryd processes that share a docroot (a
+//! cluster on one machine), one of them killed halfway and the transfer resumed.
+
+#[allow(dead_code)]
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+/// A tree with a large file (split across the sessions), small ones, an empty file and an
+/// empty directory.
+fn mixed_tree(root: &Path) {
+    fs::create_dir_all(root.join("empty-dir")).unwrap();
+    fs::create_dir_all(root.join("small/deeper")).unwrap();
+    write_random_file(&root.join("large.bin"), 24 << 20, 1);
+    write_random_file(&root.join("medium.bin"), 9 << 20, 2);
+    fs::write(root.join("empty"), b"").unwrap();
+    let mut rng = Prng::new(3);
+    for i in 0..120 {
+        let dir = if i % 3 == 0 { "small/deeper" } else { "small" };
+        let size = 1 + rng.below(64 << 10);
+        write_random_file(&root.join(dir).join(format!("f{i:03}")), size, 100 + i);
+    }
+}
+
+#[test]
+fn two_sessions_carry_a_tree_and_split_its_large_files() {
+    let mut s = Server::start();
+    let src = s.dir("src/tree");
+    mixed_tree(&src);
+    let total: u64 = tree(&src)
+        .values()
+        .map(|n| match n {
+            Node::File { size, .. } => *size,
+            _ => 0,
+        })
+        .sum();
+    let run = s.send(&[
+        "--sessions".as_ref(),
+        "2".as_ref(),
+        "--split-threshold".as_ref(),
+        "8MB".as_ref(),
+        src.as_os_str(),
+        s.remote("/").as_ref(),
+    ]);
+    s.assert_ok(&run, "two-session upload");
+    assert_same_tree(&src, &s.docroot.join("tree"), "two-session upload");
+    assert!(
+        leftovers(&s.docroot).is_empty(),
+        "{:?}",
+        leftovers(&s.docroot)
+    );
+    assert_eq!(run.json_u64("bytes"), Some(total), "{}", run.describe());
+    assert_eq!(run.json_u64("files"), Some(123), "{}", run.describe());
+    // Both of ferryd's lanes took a session.
+    let log = s.stderr();
+    let sessions = log.matches("upload of").count();
+    assert_eq!(sessions, 2, "two sessions in ferryd's log:\n{log}");
+}
+
+/// Three ferryd processes with one docroot: the first `Server`'s, and its client key.
+fn cluster() -> Vec<Server> {
+    let first = Server::init();
+    let docroot = first.docroot.display().to_string();
+    let key = fs::read(first.key.with_extension("pub")).unwrap();
+    let mut nodes = vec![first];
+    for _ in 0..2 {
+        let n = Server::init();
+        n.edit_config(&[("docroot = \"docroot\"", &format!("docroot = {docroot:?}"))]);
+        fs::write(n.srv.join("authorized_keys"), &key).unwrap();
+        nodes.push(n);
+    }
+    for n in &mut nodes {
+        n.run();
+    }
+    nodes
+}
+
+fn hosts(nodes: &[Server]) -> String {
+    nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.tcp_port))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn a_cluster_receives_one_file_split_across_it_and_resumes_only_what_is_missing() {
+    let mut nodes = cluster();
+    let src = nodes[0].dir("src").join("big.bin");
+    let size = 48u64 << 20;
+    write_random_file(&src, size, 9);
+    let dest = nodes[0].docroot.join("big.bin");
+
+    // Slow enough to be killed halfway: 3 sessions of 50 Mbit/s.
+    let cmd = nodes[0].ferry_cmd(
+        "send",
+        &[
+            "--hosts".as_ref(),
+            hosts(&nodes).as_ref(),
+            "--split-threshold".as_ref(),
+            "1MB".as_ref(),
+            "-k".as_ref(),
+            "1".as_ref(),
+            "-l".as_ref(),
+            "150m".as_ref(),
+            "--policy".as_ref(),
+            "fixed".as_ref(),
+            "--session-interval".as_ref(),
+            "0".as_ref(),
+            src.as_os_str(),
+            nodes[0].remote("/").as_ref(),
+        ],
+    );
+    let mut first = nodes[0].spawn_ferry(&cmd);
+    let progressed = first.wait_line(Duration::from_secs(60), |l| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .ok()
+            .and_then(|v| v.get("bytes")?.as_u64())
+            .is_some_and(|b| b > size * 2 / 5)
+    });
+    assert!(progressed.is_some(), "no progress past 40 %");
+    nodes[1].kill9();
+    let run = first.wait(Duration::from_secs(60));
+    assert!(!run.status.success(), "{}", run.describe());
+    assert!(
+        !dest.exists(),
+        "the file is complete without the killed node's piece"
+    );
+    // The surviving nodes finished their pieces: what is left is most of the killed one's.
+    let partial = ferry_engine::resume::partial_path(&dest);
+    assert!(partial.exists());
+
+    nodes[1].run();
+    let cmd = nodes[0].ferry_cmd(
+        "send",
+        &[
+            "--hosts".as_ref(),
+            hosts(&nodes).as_ref(),
+            "--split-threshold".as_ref(),
+            "1MB".as_ref(),
+            "-k".as_ref(),
+            "1".as_ref(),
+            src.as_os_str(),
+            nodes[0].remote("/").as_ref(),
+        ],
+    );
+    let rerun = nodes[0].ferry_raw(&cmd);
+    assert!(rerun.status.success(), "{}", rerun.describe());
+    assert_eq!(first_difference(&src, &dest), None);
+    assert!(leftovers(&nodes[0].docroot).is_empty());
+    let wire = rerun.json_u64("wire_bytes").unwrap();
+    let fresh = wire - rerun.json_u64("retransmitted_bytes").unwrap().min(wire);
+    assert!(
+        fresh < size * 2 / 5,
+        "the re-run sent {fresh} of {size} bytes: more than the killed node's missing range\n{}",
+        rerun.describe()
+    );
+}

@@ -301,9 +301,22 @@ const SOCKET_BUFFER: usize = 16 << 20;
 /// A datagram that wakes the data thread to look at its command queue.
 const WAKE: &[u8] = b"ferry-wake";
 
+/// Binds with `SO_REUSEPORT`, so that `ferry doctor`'s probe socket (`doctor.rs`) can share
+/// the port: connected to one client, it alone gets that client's probes (the kernel never
+/// hands a connected socket anyone else's datagrams), and the lane keeps everything else.
+fn bind_shared(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use std::os::fd::AsFd;
+    let opts = ferry_io::udp::SocketOptions {
+        reuse_port: true,
+        ..Default::default()
+    };
+    let socket = ferry_io::udp::UdpSocket::bind(addr, &opts)?;
+    Ok(UdpSocket::from(socket.as_fd().try_clone_to_owned()?))
+}
+
 impl Lane {
     fn start(addr: SocketAddr, core: Option<usize>) -> io::Result<Lane> {
-        let socket = UdpSocket::bind(addr)?;
+        let socket = bind_shared(addr)?;
         socket.set_nonblocking(true)?;
         set_buffers(&socket, SOCKET_BUFFER);
         let local = socket.local_addr()?;

@@ -7,6 +7,8 @@
 //! - [`config`], [`paths`]: ferryd's configuration, and confinement of users to their docroot.
 //! - [`resume`]: resume levels, overwrite policies and the checkpoints of partial files;
 //!   [`sums`]: the source checksums levels 2 and 3 check against.
+//! - [`retry`]: which failures `ferry --retry` tries again; `--on-change`.
+//! - [`doctor`]: `ferry doctor`'s checks, and ferryd's side of its UDP probe.
 #![warn(missing_docs)]
 
 pub mod caps;
@@ -15,10 +17,12 @@ pub mod config;
 pub mod control;
 pub mod ctl_server;
 pub mod data;
+pub mod doctor;
 pub mod logging;
 pub mod metrics;
 pub mod paths;
 pub mod resume;
+pub mod retry;
 pub mod split;
 pub mod stats;
 pub mod sums;

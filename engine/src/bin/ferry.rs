@@ -22,6 +22,7 @@ use ferry_engine::control::{DownloadRequest, ErrorCode, TransferParams, UploadRe
 use ferry_engine::data::{self, DataPlane, FileEntry, Role, SessionReport, SessionSpec};
 use ferry_engine::paths::validate_relative;
 use ferry_engine::resume::{self, FileAction, FilePlan, Overwrite, ResumePolicy};
+use ferry_engine::retry::{self, Attempts, OnChange};
 use ferry_engine::sums::FileSums;
 use ferry_proto::crypto::{Cipher, Direction};
 use ferry_tuning::{Policy, RateLimits};
@@ -51,6 +52,40 @@ enum Command {
         #[arg(required = true, num_args = 2..)]
         args: Vec<String>,
     },
+    /// Check the path to a ferryd, step by step: DNS, TCP, SSH and its host key,
+    /// authentication, UDP both ways on the data port, path MTU and clock skew.
+    Doctor {
+        #[command(flatten)]
+        opts: DoctorArgs,
+        /// [USER@]HOST
+        target: String,
+    },
+}
+
+/// `ferry doctor`'s options: how to reach and trust the host, as for `send`.
+#[derive(Args, Clone)]
+struct DoctorArgs {
+    /// TCP (SSH) port of ferryd.
+    #[arg(short = 'P', long, default_value_t = 33001)]
+    port: u16,
+    /// UDP port of ferryd to check (default: the one ferryd announces).
+    #[arg(short = 'O', long)]
+    udp_port: Option<u16>,
+    /// Private key (default ~/.ssh/id_ed25519, then ssh-agent).
+    #[arg(short = 'i', long)]
+    identity: Option<PathBuf>,
+    /// known_hosts file (default ~/.ssh/known_hosts).
+    #[arg(long)]
+    known_hosts: Option<PathBuf>,
+    /// Trust and record a host key seen for the first time.
+    #[arg(long)]
+    accept_new: bool,
+    /// Limit for the TCP connection and for the SSH handshake.
+    #[arg(long, default_value = "15s", value_parser = retry::parse_duration)]
+    connect_timeout: Duration,
+    /// One JSON line per check on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Clone)]
@@ -102,7 +137,7 @@ struct Options {
     split_threshold: u64,
     /// How long each session waits after the one before it started, at most: a session
     /// starts as soon as the one before it moves data, or after this interval.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = retry::parse_duration)]
     session_interval: Duration,
     /// Cluster nodes sharing the destination storage, `HOST[:PORT],...`: the sessions are
     /// spread over them round-robin (one session per node unless --sessions says more).
@@ -114,6 +149,20 @@ struct Options {
     /// Machine-readable JSON lines on stdout instead of a progress bar.
     #[arg(long)]
     json: bool,
+    /// How many times a retryable failure (the network or the peer silent or unreachable)
+    /// is tried again; each retry resumes (at least -k 1), never restarts.
+    #[arg(long, default_value_t = retry::DEFAULT_RETRIES)]
+    retry: u32,
+    /// The wait before each retry, e.g. 30s, 500ms, 2m.
+    #[arg(long, default_value = "30s", value_parser = retry::parse_duration)]
+    retry_interval: Duration,
+    /// A source that changes (size or mtime) during its transfer: fail (code 37), or
+    /// resend it from its new state afterwards (at most 3 times).
+    #[arg(long, default_value = "fail")]
+    on_change: OnChange,
+    /// Limit for the TCP connection and, again, for the SSH handshake.
+    #[arg(long, default_value = "15s", value_parser = retry::parse_duration)]
+    connect_timeout: Duration,
 }
 
 /// `[USER@]HOST:PATH`.
@@ -183,8 +232,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let started = Instant::now();
     let (json, result) = match cli.command {
-        Command::Send { opts, args } => (opts.json, send(&opts, &args)),
-        Command::Recv { opts, args } => (opts.json, recv(&opts, &args)),
+        Command::Send { opts, args } => (opts.json, with_retries(&opts, |o| send(o, &args))),
+        Command::Recv { opts, args } => (opts.json, with_retries(&opts, |o| recv(o, &args))),
+        Command::Doctor { opts, target } => return doctor(&opts, &target),
     };
     let elapsed = started.elapsed().as_secs_f64();
     match result {
@@ -244,6 +294,122 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs one attempt after another until one succeeds or a failure is final (`--retry`,
+/// `--on-change resend`). Every attempt after the first resumes: at least -k 1, so what
+/// arrived is kept and a changed source restarts from its new state.
+fn with_retries(
+    o: &Options,
+    mut attempt: impl FnMut(&Options) -> Result<Outcome, Failure>,
+) -> Result<Outcome, Failure> {
+    let mut attempts = Attempts::new(o.retry, o.retry_interval, o.on_change);
+    let mut opts = o.clone();
+    loop {
+        let err = match attempt(&opts) {
+            Ok(outcome) => return Ok(outcome),
+            Err(e) => e,
+        };
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            return Err(err);
+        }
+        let Some((again, wait)) = attempts.after_failure(err.0, &err.1) else {
+            return Err(err);
+        };
+        let n = attempts.again_count();
+        if o.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "event": "retry", "kind": again.name(), "attempt": n + 1,
+                    "code": err.0.code(), "name": err.0.name(), "message": err.1,
+                    "in_s": wait.as_secs_f64(),
+                })
+            );
+            let _ = std::io::stdout().flush();
+        }
+        match again {
+            retry::Again::Retry => eprintln!(
+                "ferry: {}; retrying in {} (retry {n} of {}, resuming)",
+                err.0.render(&err.1),
+                human_duration(wait),
+                o.retry
+            ),
+            retry::Again::Resend => eprintln!(
+                "ferry: {}; sending it again from its new state (resend {n} of {})",
+                err.1,
+                retry::MAX_RESENDS
+            ),
+        }
+        opts.resume = opts.resume.max(1);
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if INTERRUPTED.load(Ordering::Relaxed) {
+                return Err(Failure(
+                    ErrorCode::Interrupted,
+                    "interrupted while waiting to retry; incomplete files are kept as \
+                     NAME.partial"
+                        .into(),
+                ));
+            }
+            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(100)));
+        }
+    }
+}
+
+fn human_duration(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{:.0} s", d.as_secs_f64())
+    }
+}
+
+/// `ferry doctor`: every check on its own line (or JSON line); exit 0 only if all pass.
+fn doctor(o: &DoctorArgs, target: &str) -> ExitCode {
+    let (user, host) = match target.split_once('@') {
+        Some((u, h)) if !u.is_empty() => (u.to_string(), h.to_string()),
+        _ => (default_user(), target.to_string()),
+    };
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(&host)
+        .to_string();
+    let mut c = ClientOptions::new(host, user);
+    c.port = o.port;
+    c.identity = o.identity.clone();
+    c.known_hosts = o.known_hosts.clone().unwrap_or_else(default_known_hosts);
+    c.accept_new = o.accept_new;
+    c.connect_timeout = o.connect_timeout;
+    let json = o.json;
+    let report = ferry_engine::doctor::run(&c, o.udp_port, |check| {
+        if json {
+            println!("{}", check.to_json());
+            let _ = std::io::stdout().flush();
+        } else {
+            eprintln!("{}", check.line());
+        }
+    });
+    let failed = report.iter().filter(|c| c.failed()).count();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "event": "done", "status": if failed == 0 { "ok" } else { "error" },
+                "checks": report.len(), "failed": failed,
+            })
+        );
+    } else if failed == 0 {
+        eprintln!("doctor: all {} checks passed", report.len());
+    } else {
+        eprintln!("doctor: {failed} of {} checks failed", report.len());
+    }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
 fn warn_unimplemented(o: &Options) {
     if o.sessions.is_some_and(|n| n > 1) || !o.hosts.is_empty() {
         eprintln!(
@@ -279,25 +445,6 @@ fn parse_size(s: &str) -> Result<u64, String> {
         }
     };
     Ok((v * mult as f64) as u64)
-}
-
-/// `1s`, `500ms`, `2m`, `0`.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 1s, 500ms)"))?;
-    let secs = match unit {
-        "" | "s" => v,
-        "ms" => v / 1e3,
-        "m" => v * 60.0,
-        u => return Err(format!("unknown duration unit {u:?} (use ms, s, m)")),
-    };
-    Ok(Duration::from_secs_f64(secs))
 }
 
 fn resume_policy(o: &Options) -> ResumePolicy {
@@ -343,6 +490,7 @@ fn client_options(o: &Options, r: &Remote) -> ClientOptions {
     c.identity = o.identity.clone();
     c.known_hosts = o.known_hosts.clone().unwrap_or_else(default_known_hosts);
     c.accept_new = o.accept_new;
+    c.connect_timeout = o.connect_timeout;
     c
 }
 
@@ -1170,6 +1318,14 @@ fn run_session(
             // delay the error. What arrived stays resumable.
             let _ = plane.control(id, data::SessionOp::Abandon);
             let _ = handle.report.recv_timeout(Duration::from_secs(10));
+            if control.timed_out() {
+                return Err(Failure(
+                    ErrorCode::ControlTimeout,
+                    "ferryd stopped answering on the control connection (SSH keepalives \
+                     timed out): the network path failed"
+                        .into(),
+                ));
+            }
             return Err(Failure(
                 ErrorCode::PeerAborted,
                 "the control connection to ferryd was lost (ferryd stopped, or the network \

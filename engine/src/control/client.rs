@@ -16,7 +16,7 @@ use russh::{Channel, ChannelMsg};
 use super::known_hosts::{self, HostKeyStatus};
 use super::messages::{
     ClientMsg, Done, DownloadRequest, FilePlan, LineBuffer, Manifest, Offer, PROTOCOL_VERSION,
-    Plans, Ready, ServerMsg, UploadRequest, encode_line,
+    Plans, ProbeReady, ProbeRequest, ProbeResult, Ready, ServerMsg, UploadRequest, encode_line,
 };
 use super::{ControlError, ErrorCode, SUBSYSTEM};
 
@@ -104,6 +104,8 @@ struct Inner {
     pending: std::collections::VecDeque<ServerMsg>,
     /// The channel closed or broke before the server's `Done`.
     lost: bool,
+    /// Shared with the SSH handler, which records why the connection ended.
+    verdict: Arc<Mutex<Verdict>>,
 }
 
 impl Control {
@@ -197,10 +199,39 @@ impl Control {
         })
     }
 
+    /// `ferry doctor`'s UDP probe: asks the server to probe, calls `on_ready` (which starts
+    /// the client's side of the probing and returns) once the server listens, and returns
+    /// what the server saw.
+    pub fn probe(
+        &mut self,
+        req: ProbeRequest,
+        on_ready: impl FnOnce(&ProbeReady),
+    ) -> Result<(ProbeReady, ProbeResult), ControlError> {
+        let inner = &mut self.inner;
+        self.rt.block_on(async {
+            inner.send(&ClientMsg::Probe(req)).await?;
+            let ready = match inner.next_reply().await? {
+                ServerMsg::ProbeReady(r) => r,
+                other => return Err(unexpected(&other)),
+            };
+            on_ready(&ready);
+            match inner.next_reply().await? {
+                ServerMsg::ProbeResult(r) => Ok((ready, r)),
+                other => Err(unexpected(&other)),
+            }
+        })
+    }
+
     /// Whether the control channel has been lost: closed or broken before the server's
     /// [`Done`] arrived. [`poll_steer`](Self::poll_steer) notices it.
     pub fn is_lost(&self) -> bool {
         self.inner.lost
+    }
+
+    /// Whether the connection ended because the server stopped answering (SSH keepalives
+    /// timed out) rather than because it was closed: the network, not ferryd, went away.
+    pub fn timed_out(&self) -> bool {
+        self.inner.verdict.lock().unwrap().timed_out
     }
 
     /// Waits up to `wait` for a live change the server relays from its operator
@@ -293,6 +324,8 @@ fn unexpected(msg: &ServerMsg) -> ControlError {
         ServerMsg::Done(_) => "done",
         ServerMsg::Steer(_) => "steer",
         ServerMsg::Error(_) => "error",
+        ServerMsg::ProbeReady(_) => "probe_ready",
+        ServerMsg::ProbeResult(_) => "probe_result",
     };
     (
         ErrorCode::Protocol,
@@ -440,6 +473,7 @@ async fn connect(opts: &ClientOptions) -> Result<Connected, ControlError> {
         lines: LineBuffer::default(),
         pending: Default::default(),
         lost: false,
+        verdict,
     };
     inner
         .send(&ClientMsg::Hello {
@@ -494,6 +528,8 @@ struct Verdict {
     error: Option<ControlError>,
     fingerprint: String,
     notes: Vec<String>,
+    /// The connection ended because keepalives or the inactivity timeout expired.
+    timed_out: bool,
 }
 
 struct ClientHandler {
@@ -552,6 +588,24 @@ impl ClientHandler {
 
 impl client::Handler for ClientHandler {
     type Error = russh::Error;
+
+    async fn disconnected(
+        &mut self,
+        reason: client::DisconnectReason<Self::Error>,
+    ) -> Result<(), Self::Error> {
+        match reason {
+            client::DisconnectReason::ReceivedDisconnect(_) => Ok(()),
+            client::DisconnectReason::Error(e) => {
+                if matches!(
+                    e,
+                    russh::Error::KeepaliveTimeout | russh::Error::InactivityTimeout
+                ) {
+                    self.verdict.lock().unwrap().timed_out = true;
+                }
+                Err(e)
+            }
+        }
+    }
 
     async fn check_server_key(
         &mut self,

@@ -23,6 +23,10 @@ pub enum ErrorCode {
     HostKeyUnknown,
     /// The server's host key differs from the one recorded in known_hosts.
     HostKeyMismatch,
+    /// The host name could not be resolved to an address.
+    NameResolution,
+    /// The two hosts' clocks differ by more than ferry tolerates.
+    ClockSkew,
     /// No UDP datagram arrived either way within a few seconds of the start.
     UdpStart,
     /// UDP traffic stopped for longer than the data timeout.
@@ -31,6 +35,12 @@ pub enum ErrorCode {
     PeerAborted,
     /// Stopped here by a signal (Ctrl-C, SIGTERM) or an operator's cancel.
     Interrupted,
+    /// The control connection stopped answering (SSH keepalives went unanswered).
+    ControlTimeout,
+    /// UDP datagrams on the data port do not pass in one direction or both.
+    UdpBlocked,
+    /// The path drops datagrams as large as the ones ferry sends.
+    PathMtu,
     /// The destination directory does not exist.
     DestinationMissing,
     /// The operating system refused access.
@@ -63,17 +73,22 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 29] = [
         ErrorCode::TcpConnect,
         ErrorCode::NetworkUnreachable,
         ErrorCode::Auth,
         ErrorCode::Identity,
         ErrorCode::HostKeyUnknown,
         ErrorCode::HostKeyMismatch,
+        ErrorCode::NameResolution,
+        ErrorCode::ClockSkew,
         ErrorCode::UdpStart,
         ErrorCode::DataTimeout,
         ErrorCode::PeerAborted,
         ErrorCode::Interrupted,
+        ErrorCode::ControlTimeout,
+        ErrorCode::UdpBlocked,
+        ErrorCode::PathMtu,
         ErrorCode::DestinationMissing,
         ErrorCode::PermissionDenied,
         ErrorCode::OutsideDocroot,
@@ -100,10 +115,15 @@ impl ErrorCode {
             ErrorCode::Identity => 13,
             ErrorCode::HostKeyUnknown => 14,
             ErrorCode::HostKeyMismatch => 15,
+            ErrorCode::NameResolution => 16,
+            ErrorCode::ClockSkew => 17,
             ErrorCode::UdpStart => 20,
             ErrorCode::DataTimeout => 21,
             ErrorCode::PeerAborted => 22,
             ErrorCode::Interrupted => 23,
+            ErrorCode::ControlTimeout => 24,
+            ErrorCode::UdpBlocked => 25,
+            ErrorCode::PathMtu => 26,
             ErrorCode::DestinationMissing => 30,
             ErrorCode::PermissionDenied => 31,
             ErrorCode::OutsideDocroot => 32,
@@ -135,10 +155,15 @@ impl ErrorCode {
             ErrorCode::Identity => "identity",
             ErrorCode::HostKeyUnknown => "host_key_unknown",
             ErrorCode::HostKeyMismatch => "host_key_mismatch",
+            ErrorCode::NameResolution => "name_resolution",
+            ErrorCode::ClockSkew => "clock_skew",
             ErrorCode::UdpStart => "udp_start",
             ErrorCode::DataTimeout => "data_timeout",
             ErrorCode::PeerAborted => "peer_aborted",
             ErrorCode::Interrupted => "interrupted",
+            ErrorCode::ControlTimeout => "control_timeout",
+            ErrorCode::UdpBlocked => "udp_blocked",
+            ErrorCode::PathMtu => "path_mtu",
             ErrorCode::DestinationMissing => "destination_missing",
             ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::OutsideDocroot => "outside_docroot",
@@ -169,10 +194,17 @@ impl ErrorCode {
             ErrorCode::HostKeyMismatch => {
                 "the server's host key differs from the one recorded in known_hosts"
             }
+            ErrorCode::NameResolution => "the host name could not be resolved",
+            ErrorCode::ClockSkew => "the clocks of the two hosts differ too much",
             ErrorCode::UdpStart => "the UDP session could not start: no datagrams either way",
             ErrorCode::DataTimeout => "no UDP data arrived for longer than the data timeout",
             ErrorCode::PeerAborted => "the other side ended the session",
             ErrorCode::Interrupted => "the transfer was interrupted",
+            ErrorCode::ControlTimeout => {
+                "the control connection to ferryd stopped answering (SSH keepalives timed out)"
+            }
+            ErrorCode::UdpBlocked => "UDP datagrams on the data port do not get through",
+            ErrorCode::PathMtu => "the network path drops datagrams as large as ferry's",
             ErrorCode::DestinationMissing => "the destination directory does not exist",
             ErrorCode::PermissionDenied => "permission denied",
             ErrorCode::OutsideDocroot => "the path leads outside the user's docroot",
@@ -216,6 +248,14 @@ impl ErrorCode {
                 "ask the server's operator whether the host key was changed; if it was, remove \
                  the old line from known_hosts (ssh-keygen -R) and connect again"
             }
+            ErrorCode::NameResolution => {
+                "check the host name, and the resolver configuration (/etc/resolv.conf, \
+                 /etc/hosts)"
+            }
+            ErrorCode::ClockSkew => {
+                "synchronise both clocks with NTP (timedatectl set-ntp true, or chrony): \
+                 --overwrite older and the transfer log compare times across hosts"
+            }
             ErrorCode::UdpStart => {
                 "allow the UDP port in both directions on every firewall between the hosts \
                  (ferry doctor HOST tells which way is blocked)"
@@ -228,6 +268,18 @@ impl ErrorCode {
             }
             ErrorCode::Interrupted => {
                 "run the same command again; incomplete files are kept as NAME.partial"
+            }
+            ErrorCode::ControlTimeout => {
+                "check the network path to the host, then resume the transfer (--retry does \
+                 it by itself)"
+            }
+            ErrorCode::UdpBlocked => {
+                "allow the UDP data port (-O, default 33001) in the direction named on every \
+                 firewall between the hosts"
+            }
+            ErrorCode::PathMtu => {
+                "raise the MTU along the path (tunnels and VPNs often lower it), or let ICMP \
+                 'fragmentation needed' messages through so the path MTU can be discovered"
             }
             ErrorCode::DestinationMissing => {
                 "create the destination directory first, or name an existing one"

@@ -37,6 +37,43 @@ pub enum ClientMsg {
     Download(DownloadRequest),
     /// The answer to [`ServerMsg::Offer`]: what the client does with each file.
     Plans(Plans),
+    /// `ferry doctor`: exchange UDP probes on the data port instead of a transfer. The
+    /// server answers [`ServerMsg::ProbeReady`], probes for a while, then
+    /// [`ServerMsg::ProbeResult`].
+    Probe(ProbeRequest),
+}
+
+/// `ferry doctor`'s UDP probe: which datagrams pass between the client's `client_udp`
+/// port and the server's data port, each way, and how large.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProbeRequest {
+    /// The client's probe socket (the server sends its probes there, to the address the
+    /// SSH connection comes from).
+    pub client_udp: u16,
+    /// Carried in every probe, so that stray datagrams are not counted.
+    pub token: u64,
+    /// UDP payload sizes to send, each with "don't fragment" set.
+    pub sizes: Vec<u32>,
+    /// How long the server probes and listens, milliseconds (clamped to 200..=5000).
+    pub millis: u32,
+}
+
+/// The server is listening for probes and sending its own.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProbeReady {
+    /// The data port probed.
+    pub udp_port: u16,
+    /// The server's clock, milliseconds since the Unix epoch.
+    pub time_unix_ms: u64,
+}
+
+/// What the server saw of the client's probes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProbeResult {
+    /// Payload sizes of the client's probes that arrived (each size once).
+    pub received: Vec<u32>,
+    /// Payload sizes the server could send (a size over its own route's MTU cannot leave).
+    pub sent: Vec<u32>,
 }
 
 /// The receiving client's decision for each offered file, in the offer's order.
@@ -156,6 +193,10 @@ pub enum ServerMsg {
     Steer(Steer),
     /// The request was refused before any data moved.
     Error(ErrorMsg),
+    /// `ferry doctor`: the server's probe socket is ready.
+    ProbeReady(ProbeReady),
+    /// `ferry doctor`: the probes the server received.
+    ProbeResult(ProbeResult),
 }
 
 /// The server's answer to an upload.

@@ -55,6 +55,10 @@ pub trait SessionStarter: Send + Sync + 'static {
     fn start(&self, spec: SessionSpec) -> SessionHandle;
     /// The data plane's UDP port.
     fn udp_port(&self) -> u16;
+    /// The data plane's UDP address (`ferry doctor` probes it).
+    fn udp_addr(&self) -> SocketAddr {
+        SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), self.udp_port())
+    }
     /// Ends a session at once, without a word to its peer: its client has gone, or a new
     /// session takes over its files. Its report still arrives.
     fn abandon(&self, _session: u32) {}
@@ -71,6 +75,10 @@ impl SessionStarter for DataPlane {
 
     fn udp_port(&self) -> u16 {
         self.local_addr().port()
+    }
+
+    fn udp_addr(&self) -> SocketAddr {
+        self.local_addr()
     }
 }
 
@@ -469,6 +477,11 @@ async fn run_channel<S: SessionStarter>(mut channel: Channel<Msg>, ctx: ChannelC
                     ClientMsg::Upload(req) => break 'request handle_upload(&ctx, req).await,
                     ClientMsg::Download(req) => {
                         break 'request handle_download(&ctx, req, &mut channel, &mut lines).await;
+                    }
+                    ClientMsg::Probe(req) => {
+                        let at = ctx.shared.starter.udp_addr();
+                        let ok = crate::doctor::answer_probe(&channel, ctx.peer, at, req).await;
+                        return finish(&channel, ok).await;
                     }
                     ClientMsg::Plans(_) => {
                         let err = ErrorMsg::new(

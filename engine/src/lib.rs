@@ -7,6 +7,8 @@
 //! - [`config`], [`paths`]: ferryd's configuration, and confinement of users to their docroot.
 //! - [`resume`]: resume levels, overwrite policies and the checkpoints of partial files;
 //!   [`sums`]: the source checksums levels 2 and 3 check against.
+//! - [`integrity`]: end-to-end file checksums (`--checksum`), hashed in file order as data
+//!   passes by.
 #![warn(missing_docs)]
 
 pub mod caps;
@@ -15,6 +17,7 @@ pub mod config;
 pub mod control;
 pub mod ctl_server;
 pub mod data;
+pub mod integrity;
 pub mod logging;
 pub mod metrics;
 pub mod paths;

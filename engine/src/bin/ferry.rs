@@ -14,11 +14,13 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use ferry_engine::config::parse_rate;
-use ferry_engine::control::client::{ClientOptions, Control, default_known_hosts, default_user};
-use ferry_engine::control::messages::Offer;
-use ferry_engine::control::messages::Steer;
+use ferry_engine::control::client::{
+    ClientOptions, Control, Live, default_known_hosts, default_user,
+};
+use ferry_engine::control::messages::{FileDigest, Offer, Steer};
 use ferry_engine::control::{DownloadRequest, ErrorCode, TransferParams, UploadRequest};
 use ferry_engine::data::{self, DataPlane, FileEntry, Role, SessionReport, SessionSpec};
+use ferry_engine::integrity::{Algorithm, Digest};
 use ferry_engine::paths::validate_relative;
 use ferry_engine::resume::{self, FileAction, FilePlan, Overwrite, ResumePolicy};
 use ferry_engine::sums::FileSums;
@@ -103,6 +105,34 @@ struct Options {
     /// Machine-readable JSON lines on stdout instead of a progress bar.
     #[arg(long)]
     json: bool,
+    /// End-to-end checksum of each file: sha256 | crc32c | none (default none; sha256 when
+    /// --manifest is given). The sender hashes each file as it reads it, the receiver as
+    /// it writes it, and a file gets its final name only when both agree. A file that
+    /// differs stays NAME.partial and is sent again once, at resume level 3 (only the MiB
+    /// chunks that differ travel); if it still differs, ferry fails with code 38.
+    #[arg(long, value_parser = parse_checksum)]
+    checksum: Option<Algorithm>,
+    /// After the transfer, write what was sent to PATH: one JSON object per line and per
+    /// file, {"path": name relative to the destination, "size": bytes, "mtime": RFC 3339
+    /// with nanoseconds, "checksum": "ALGORITHM:HEX" (null for a skipped file), "action":
+    /// "sent" | "resumed" | "skipped"}.
+    #[arg(long, value_name = "PATH")]
+    manifest: Option<PathBuf>,
+}
+
+fn parse_checksum(s: &str) -> Result<Algorithm, String> {
+    s.parse()
+}
+
+impl Options {
+    /// The checksum in force: `--checksum`, or sha256 for a `--manifest`.
+    fn checksum(&self) -> Algorithm {
+        match (self.checksum, &self.manifest) {
+            (Some(a), _) => a,
+            (None, Some(_)) => Algorithm::Sha256,
+            (None, None) => Algorithm::None,
+        }
+    }
 }
 
 /// `[USER@]HOST:PATH`.
@@ -153,6 +183,10 @@ struct Outcome {
     wire_bytes: u64,
     retransmitted_bytes: u64,
     data_secs: f64,
+    /// The checksum in force.
+    checksum: Algorithm,
+    /// Files sent again after a checksum mismatch.
+    repaired: usize,
 }
 
 /// Set by SIGINT or SIGTERM; the session loop notices within 200 ms.
@@ -194,10 +228,18 @@ fn main() -> ExitCode {
                         "code": null, "message": null,
                         "skipped": count(FileAction::Skip), "resumed": count(FileAction::Resume),
                         "resumed_bytes": o.resumed_bytes,
+                        "checksum": o.checksum.is_enabled().then(|| o.checksum.as_str()),
+                        "repaired": o.repaired,
                     })
                 );
             } else {
                 let (skipped, resumed) = (count(FileAction::Skip), count(FileAction::Resume));
+                if o.repaired > 0 {
+                    eprintln!(
+                        "{} file(s) failed their checksum and were repaired",
+                        o.repaired
+                    );
+                }
                 if skipped + resumed > 0 {
                     eprintln!(
                         "{skipped} file(s) skipped, {resumed} resumed ({} already there)",
@@ -297,6 +339,10 @@ fn params(o: &Options, block_size: u32, rtt: Duration) -> TransferParams {
         block_size,
         resume_level: o.resume,
         overwrite: o.overwrite.to_string(),
+        checksum: match o.checksum() {
+            Algorithm::None => String::new(),
+            a => a.to_string(),
+        },
     }
 }
 
@@ -401,6 +447,117 @@ fn walk(
     Ok(())
 }
 
+/// One session's worth of a transfer: how it went, and the files that failed their
+/// checksum (kept as `NAME.partial` at the destination).
+struct Pass {
+    outcome: Outcome,
+    files: Vec<FileEntry>,
+    digests: Vec<Option<Digest>>,
+    /// Manifest indices of the files whose checksum did not match, and why.
+    mismatched: Vec<u32>,
+    mismatch: Option<Failure>,
+}
+
+impl Pass {
+    /// Folds in the pass that re-sent this one's mismatched files.
+    fn absorb(&mut self, retry: Pass) {
+        for (k, &i) in self.mismatched.iter().enumerate() {
+            if let Some(d) = retry.digests.get(k) {
+                self.digests[i as usize] = *d;
+            }
+        }
+        let (a, b) = (&mut self.outcome, retry.outcome);
+        a.bytes += b.bytes;
+        a.wire_bytes += b.wire_bytes;
+        a.retransmitted_bytes += b.retransmitted_bytes;
+        a.data_secs += b.data_secs;
+        a.repaired = self.mismatched.len();
+        self.mismatched = retry
+            .mismatched
+            .iter()
+            .map(|&k| self.mismatched[k as usize])
+            .collect();
+        self.mismatch = retry.mismatch;
+    }
+
+    /// The outcome once no file is left mismatched; writes `--manifest` and tells each
+    /// file's checksum (`--json`).
+    fn finish(self, o: &Options) -> Result<Outcome, Failure> {
+        if let Some(f) = self.mismatch {
+            return Err(f);
+        }
+        if o.json && o.checksum().is_enabled() {
+            for (f, d) in self.files.iter().zip(&self.digests) {
+                if let Some(d) = d {
+                    println!(
+                        "{}",
+                        serde_json::json!({"event": "checksum", "path": f.path,
+                            "checksum": d.to_string()})
+                    );
+                }
+            }
+        }
+        if let Some(path) = &o.manifest {
+            write_manifest(path, &self.files, &self.outcome.plans, &self.digests).map_err(|e| {
+                Failure(
+                    ErrorCode::from_io(&e),
+                    format!("writing the manifest {}: {e}", path.display()),
+                )
+            })?;
+        }
+        Ok(self.outcome)
+    }
+}
+
+/// `--manifest`: one JSON line per file.
+fn write_manifest(
+    path: &Path,
+    files: &[FileEntry],
+    plans: &[FilePlan],
+    digests: &[Option<Digest>],
+) -> std::io::Result<()> {
+    use time::format_description::well_known::Rfc3339;
+    let mut out = String::new();
+    for (i, f) in files.iter().enumerate() {
+        let action = plans.get(i).map_or(FileAction::Send, |p| p.action);
+        let nanos = i128::from(f.mtime.0) * 1_000_000_000 + i128::from(f.mtime.1);
+        let mtime = time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+            .ok()
+            .and_then(|t| t.format(&Rfc3339).ok());
+        let checksum = digests.get(i).copied().flatten().map(|d| d.to_string());
+        let line = serde_json::json!({
+            "path": f.path, "size": f.size, "mtime": mtime, "checksum": checksum,
+            "action": action.outcome(),
+        });
+        out.push_str(&line.to_string());
+        out.push('\n');
+    }
+    std::fs::write(path, out)
+}
+
+/// Tells the person that mismatched files go again.
+fn announce_repair(pass: &Pass, json: bool) {
+    let names: Vec<&str> = pass
+        .mismatched
+        .iter()
+        .map(|&i| pass.files[i as usize].path.as_str())
+        .collect();
+    if json {
+        for n in &names {
+            println!(
+                "{}",
+                serde_json::json!({"event": "checksum_mismatch", "path": n, "action": "resend"})
+            );
+        }
+    } else {
+        eprintln!(
+            "ferry: {} file(s) failed their checksum ({}); sending the chunks that differ again",
+            names.len(),
+            names.join(", ")
+        );
+    }
+}
+
 fn send(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
     warn_unimplemented(o);
     let (sources, dest) = args.split_at(args.len() - 1);
@@ -411,16 +568,41 @@ fn send(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
         )
     })?;
     let (files, locals, dirs) = collect(sources)?;
+    let mut pass = upload(o, &remote, files, &locals, dirs, o.resume)?;
+    if !pass.mismatched.is_empty() {
+        // Once, at resume level 3: the receiver keeps every MiB chunk of the partial whose
+        // CRC32 matches the source's, so only the damaged ones travel.
+        announce_repair(&pass, o.json);
+        let picked: Vec<usize> = pass.mismatched.iter().map(|&i| i as usize).collect();
+        let files = picked.iter().map(|&i| pass.files[i].clone()).collect();
+        let locals: Vec<PathBuf> = picked.iter().map(|&i| locals[i].clone()).collect();
+        let retry = upload(o, &remote, files, &locals, Vec::new(), 3)?;
+        pass.absorb(retry);
+    }
+    pass.finish(o)
+}
+
+/// One upload session of `files` (read from `locals`) at resume level `level`.
+fn upload(
+    o: &Options,
+    remote: &Remote,
+    files: Vec<FileEntry>,
+    locals: &[PathBuf],
+    dirs: Vec<String>,
+    level: u8,
+) -> Result<Pass, Failure> {
     let server_tcp = resolve(&remote.host, o.port)?;
     let block = data::block_size_for(&server_tcp, o.cipher);
-    let (mut control, rtt) = connect(o, &remote)?;
+    let (mut control, rtt) = connect(o, remote)?;
     let plane = start_data_plane(&server_tcp)?;
-    let sums = source_sums(&files, &locals, o.resume)?;
+    let sums = source_sums(&files, locals, level)?;
+    let mut params = params(o, block, rtt);
+    params.resume_level = level;
     let ready = control.upload(UploadRequest {
         dest: remote.path.clone(),
         files: files.clone(),
         dirs,
-        params: params(o, block, rtt),
+        params,
         client_udp: plane.local_addr().port(),
         sums,
     })?;
@@ -447,7 +629,7 @@ fn send(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
     // local paths stay here.
     let local_files = files
         .iter()
-        .zip(&locals)
+        .zip(locals)
         .map(|(f, l)| FileEntry {
             path: l.to_string_lossy().into_owned(),
             ..f.clone()
@@ -475,6 +657,7 @@ fn send(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
         user: remote.user.clone(),
         ceiling_bps: ready.ceiling_bps,
         plans: plans.clone(),
+        checksum: o.checksum(),
     };
     let report = run_session(&plane, &mut control, spec, o.json)?;
     // A failure seen here (a source that vanished) is more specific than the server's view
@@ -489,20 +672,32 @@ fn send(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
         }
         return Err(err.into());
     }
-    // Otherwise the server's word decides: its files are renamed only once complete and
-    // durable.
+    // Otherwise the server's word decides: its files are renamed only once complete,
+    // durable and (with a checksum) verified.
     let done = control.wait_done(Some(Duration::from_secs(120)))?;
+    let mut mismatch = None;
     if let Some(err) = done.error() {
-        return Err(err.into());
+        if err.0 != ErrorCode::ChecksumMismatch || done.mismatched.is_empty() {
+            return Err(err.into());
+        }
+        mismatch = Some(err.into());
     }
-    Ok(Outcome {
-        files: files.len(),
-        plans,
-        resumed_bytes,
-        bytes: done.bytes.max(report.bytes),
-        wire_bytes: report.wire_bytes,
-        retransmitted_bytes: report.retransmitted_bytes,
-        data_secs: report.data_secs,
+    Ok(Pass {
+        outcome: Outcome {
+            files: files.len(),
+            plans,
+            resumed_bytes,
+            bytes: done.bytes.max(report.bytes),
+            wire_bytes: report.wire_bytes,
+            retransmitted_bytes: report.retransmitted_bytes,
+            data_secs: report.data_secs,
+            checksum: o.checksum(),
+            repaired: 0,
+        },
+        files,
+        digests: report.digests,
+        mismatched: done.mismatched,
+        mismatch,
     })
 }
 
@@ -537,19 +732,76 @@ fn recv(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
         remote = Some(r);
     }
     let remote = remote.expect("at least one source");
+    let mut pass = download(o, &remote, paths.clone(), &dest, o.resume)?;
+    if !pass.mismatched.is_empty() {
+        announce_repair(&pass, o.json);
+        // Every source lies in one directory on the server, and each file's name is
+        // relative to it: fetch each damaged file alone into its own directory here, at
+        // resume level 3 (only the MiB chunks that differ travel).
+        let first = paths[0].trim_end_matches('/');
+        let base = first.rsplit_once('/').map_or("", |(b, _)| b);
+        let mut retry_all: Option<Pass> = None;
+        for &i in &pass.mismatched {
+            let name = &pass.files[i as usize].path;
+            let (sub, _) = name.rsplit_once('/').unwrap_or(("", name));
+            let mut one = download(
+                o,
+                &remote,
+                vec![format!("{base}/{name}")],
+                &dest.join(sub),
+                3,
+            )?;
+            one.files[0].path.clone_from(name);
+            retry_all = Some(match retry_all {
+                None => one,
+                Some(mut acc) => {
+                    let k = acc.files.len() as u32;
+                    acc.files.append(&mut one.files);
+                    acc.digests.append(&mut one.digests);
+                    acc.mismatched.extend(one.mismatched.iter().map(|_| k));
+                    acc.mismatch = one.mismatch.or(acc.mismatch);
+                    let (a, b) = (&mut acc.outcome, one.outcome);
+                    a.bytes += b.bytes;
+                    a.wire_bytes += b.wire_bytes;
+                    a.retransmitted_bytes += b.retransmitted_bytes;
+                    a.data_secs += b.data_secs;
+                    acc
+                }
+            });
+        }
+        if let Some(retry) = retry_all {
+            pass.absorb(retry);
+        }
+    }
+    pass.finish(o)
+}
+
+/// One download session of `paths` (on the server) into `dest` at resume level `level`.
+fn download(
+    o: &Options,
+    remote: &Remote,
+    paths: Vec<String>,
+    dest: &Path,
+    level: u8,
+) -> Result<Pass, Failure> {
     let server_tcp = resolve(&remote.host, o.port)?;
     let block = data::block_size_for(&server_tcp, o.cipher);
-    let (mut control, rtt) = connect(o, &remote)?;
+    let (mut control, rtt) = connect(o, remote)?;
     let plane = start_data_plane(&server_tcp)?;
+    let mut params = params(o, block, rtt);
+    params.resume_level = level;
     let request = DownloadRequest {
         sources: paths,
-        params: params(o, block, rtt),
+        params,
         client_udp: plane.local_addr().port(),
         negotiate: true,
     };
-    let policy = resume_policy(o);
+    let policy = ResumePolicy {
+        level,
+        ..resume_policy(o)
+    };
     let (manifest, plans) =
-        control.download_negotiated(request, |offer| plan_download(&dest, offer, policy))?;
+        control.download_negotiated(request, |offer| plan_download(dest, offer, policy))?;
     for d in &manifest.dirs {
         validate_relative(d)
             .map_err(|e| Failure(ErrorCode::Protocol, format!("server sent {d:?}: {e}")))?;
@@ -588,7 +840,7 @@ fn recv(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
         block_size: s.block_size,
         policy: s.policy.parse().unwrap_or(Policy::Fair),
         limits: RateLimits::new(s.target_bps, s.min_bps),
-        root: dest,
+        root: dest.to_path_buf(),
         files: manifest.files.clone(),
         peer: Some(SocketAddr::new(server_tcp.ip(), s.udp_port)),
         no_fsync: o.no_fsync,
@@ -596,24 +848,37 @@ fn recv(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
         user: remote.user.clone(),
         ceiling_bps: s.ceiling_bps,
         plans: plans.clone(),
+        checksum: o.checksum(),
     };
     let report = run_session(&plane, &mut control, spec, o.json)?;
+    let mut mismatch = None;
     if let Some(err) = report.error {
-        return Err(err.into());
+        if err.0 != ErrorCode::ChecksumMismatch || report.mismatched.is_empty() {
+            return Err(err.into());
+        }
+        mismatch = Some(err.into());
     }
     let done = control.wait_done(Some(Duration::from_secs(30)));
     let (wire, retx) = match &done {
         Ok(d) => (d.wire_bytes, d.retransmitted_bytes),
         Err(_) => (0, 0),
     };
-    Ok(Outcome {
-        files: manifest.files.len(),
-        plans,
-        resumed_bytes,
-        bytes: report.bytes,
-        wire_bytes: wire,
-        retransmitted_bytes: retx,
-        data_secs: report.data_secs,
+    Ok(Pass {
+        outcome: Outcome {
+            files: manifest.files.len(),
+            plans,
+            resumed_bytes,
+            bytes: report.bytes,
+            wire_bytes: wire,
+            retransmitted_bytes: retx,
+            data_secs: report.data_secs,
+            checksum: o.checksum(),
+            repaired: 0,
+        },
+        files: manifest.files,
+        digests: report.digests,
+        mismatched: report.mismatched,
+        mismatch,
     })
 }
 
@@ -685,7 +950,25 @@ fn run_session(
     loop {
         // Changes the server's operator relays (ferryctl on an upload, whose sender is
         // here) are applied at once; waiting for them is also part of this loop's pause.
-        if let Some(steer) = control.poll_steer(Duration::from_millis(20)) {
+        // This side's sender hashes each file as it reads it: its checksums go to the
+        // server's receiver (upload).
+        while let Ok(op) = handle.remote_ops.try_recv() {
+            relay_digest(control, op);
+        }
+        if let Some(live) = control.poll_live(Duration::from_millis(20)) {
+            let steer = match live {
+                Live::Steer(steer) => steer,
+                Live::Digest(d) => {
+                    let op = data::SessionOp::Digest {
+                        file: d.file,
+                        digest: d.checksum,
+                    };
+                    if let Err(e) = plane.control(id, op) {
+                        eprintln!("ferry: a checksum from the server could not be applied: {e}");
+                    }
+                    continue;
+                }
+            };
             let op = match steer {
                 Steer::SetRate {
                     target_bps,
@@ -708,6 +991,9 @@ fn run_session(
         // Progress at least once a second (the contract); more often makes a smoother bar.
         match handle.report.recv_timeout(Duration::from_millis(180)) {
             Ok(report) => {
+                while let Ok(op) = handle.remote_ops.try_recv() {
+                    relay_digest(control, op);
+                }
                 if let Some(b) = &bar {
                     b.finish();
                 }
@@ -766,6 +1052,18 @@ fn run_session(
             b.set_position(bytes);
             b.set_message(ferry_ctl::human_rate(rate));
         }
+    }
+}
+
+/// Sends a checksum this side's sender published to the server's receiver.
+fn relay_digest(control: &mut Control, op: data::SessionOp) {
+    if let data::SessionOp::Digest { file, digest } = op
+        && let Err((_, e)) = control.send_digest(FileDigest {
+            file,
+            checksum: digest,
+        })
+    {
+        eprintln!("ferry: a checksum could not be sent to the server: {e}");
     }
 }
 

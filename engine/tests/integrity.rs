@@ -221,3 +221,69 @@ fn a_partial_damaged_on_the_servers_disk_is_caught_before_its_rename_and_repaire
         reference_digest("sha256", &src).as_str()
     );
 }
+
+/// The same for a download: the client's partial is damaged while the download runs; the
+/// resumed download catches it and fetches the damaged chunk again.
+#[test]
+fn a_partial_damaged_on_the_clients_disk_is_caught_and_repaired_on_download() {
+    let mut s = Server::start();
+    let size = 24 * MIB;
+    fs::create_dir_all(s.docroot.join("d")).unwrap();
+    let src = s.docroot.join("d/src.bin");
+    write_random_file(&src, size, 12);
+    let dest = s.dir("dest");
+    let args = s.ferry_cmd(
+        "recv",
+        &[
+            "-k".as_ref(),
+            "1".as_ref(),
+            "--checksum".as_ref(),
+            "crc32c".as_ref(),
+            "-l".as_ref(),
+            "200m".as_ref(),
+            "--policy".as_ref(),
+            "fixed".as_ref(),
+            s.remote("/d").as_ref(),
+            dest.as_os_str(),
+        ],
+    );
+    let mut run = s.spawn_ferry(&args);
+    let past = |l: &str| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .ok()
+            .and_then(|v| v["bytes"].as_u64())
+            .is_some_and(|b| b > size * 4 / 10)
+    };
+    assert!(
+        run.wait_line(Duration::from_secs(60), past).is_some(),
+        "the download never got past 40 %"
+    );
+    let partial = partial_path(&dest.join("d/src.bin"));
+    let f = fs::OpenOptions::new().write(true).open(&partial).unwrap();
+    f.write_all_at(&[0xa5; 16], MIB + 7).unwrap();
+    drop(f);
+    // SIGTERM: the client checkpoints what it has (kill -9 could leave nothing named).
+    let pid = run.pid().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let first = run.wait(Duration::from_secs(20));
+    assert_eq!(first.code(), Some(23), "{}", first.describe());
+
+    let again = s.recv(&[
+        "-k".as_ref(),
+        "1".as_ref(),
+        "--checksum".as_ref(),
+        "crc32c".as_ref(),
+        s.remote("/d").as_ref(),
+        dest.as_os_str(),
+    ]);
+    s.assert_ok(&again, "the resumed download, repaired");
+    assert!(first_difference(&src, &dest.join("d/src.bin")).is_none());
+    assert_eq!(again.json_u64("repaired"), Some(1), "{}", again.describe());
+    assert_eq!(leftovers(&dest), Vec::<String>::new());
+}

@@ -287,3 +287,110 @@ fn a_partial_damaged_on_the_clients_disk_is_caught_and_repaired_on_download() {
     assert_eq!(again.json_u64("repaired"), Some(1), "{}", again.describe());
     assert_eq!(leftovers(&dest), Vec::<String>::new());
 }
+
+/// Two in-process data planes, with the digest relay in the test's hands: a wrong digest
+/// for a complete file keeps it `NAME.partial` with its checkpoint and fails the session
+/// with 38, naming the file; the right one for the other file renames it.
+#[test]
+fn a_digest_that_differs_keeps_the_partial_and_fails_with_38() {
+    use ferry_engine::control::ErrorCode;
+    use ferry_engine::data::{DataPlane, FileEntry, Role, SessionOp, SessionSpec};
+    use ferry_engine::integrity::{Algorithm, Digest};
+    use ferry_engine::resume::checkpoint_path;
+    use ferry_proto::crypto::{Cipher, Direction};
+    use ferry_tuning::{Policy, RateLimits};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    fs::create_dir_all(&src).unwrap();
+    fs::create_dir_all(&dst).unwrap();
+    let sizes = [300_000u64, 70_000];
+    let files: Vec<FileEntry> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &size)| {
+            let name = format!("f{i}");
+            write_random_file(&src.join(&name), size, 20 + i as u64);
+            let meta = fs::metadata(src.join(&name)).unwrap();
+            FileEntry {
+                path: name,
+                size,
+                mtime: ferry_engine::data::mtime_of(&meta),
+                mode: 0o644,
+            }
+        })
+        .collect();
+    let local: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let (tx_plane, rx_plane) = (
+        DataPlane::start(local).unwrap(),
+        DataPlane::start(local).unwrap(),
+    );
+    let spec = |role, root: &Path, peer| SessionSpec {
+        role,
+        session: 77,
+        secret: [9; 32],
+        cipher: Cipher::Aes128Gcm,
+        direction: Direction::ClientToServer,
+        block_size: 8192,
+        policy: Policy::Fixed,
+        limits: RateLimits::new(2_000_000_000, 0),
+        root: root.to_path_buf(),
+        files: files.clone(),
+        peer,
+        no_fsync: true,
+        initial_rtt: Duration::from_millis(1),
+        user: "t".into(),
+        ceiling_bps: None,
+        plans: Vec::new(),
+        checksum: Algorithm::Sha256,
+    };
+    let receiving = rx_plane.start_session(spec(Role::Receiver, &dst, None));
+    let sending = tx_plane.start_session(spec(Role::Sender, &src, Some(rx_plane.local_addr())));
+    let sent = sending
+        .report
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap();
+    assert!(sent.error.is_none(), "{:?}", sent.error);
+    // The sender published both digests; relay the second, and a wrong first.
+    let published: Vec<SessionOp> = sending.remote_ops.try_iter().collect();
+    assert_eq!(published.len(), 2, "{published:?}");
+    let want: Vec<Digest> = (0..2)
+        .map(|i| {
+            Digest::of(
+                Algorithm::Sha256,
+                &fs::read(src.join(format!("f{i}"))).unwrap(),
+            )
+        })
+        .map(Option::unwrap)
+        .collect();
+    assert_eq!(sent.digests, [Some(want[0]), Some(want[1])]);
+    let wrong = Digest::of(Algorithm::Sha256, b"something else").unwrap();
+    for (file, digest) in [(0, wrong), (1, want[1])] {
+        rx_plane
+            .control(77, SessionOp::Digest { file, digest })
+            .unwrap();
+    }
+    let got = receiving
+        .report
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap();
+    let (code, message) = got.error.clone().expect("a mismatch");
+    assert_eq!(code, ErrorCode::ChecksumMismatch, "{message}");
+    assert!(
+        message.contains("f0") && message.contains(&wrong.to_string()),
+        "{message}"
+    );
+    assert_eq!(got.mismatched, [0]);
+    assert_eq!(
+        got.digests[0],
+        Some(want[0]),
+        "the receiver's own digest is right"
+    );
+    assert!(first_difference(&src.join("f1"), &dst.join("f1")).is_none());
+    assert!(!dst.join("f0").exists());
+    assert!(partial_path(&dst.join("f0")).exists());
+    assert!(
+        checkpoint_path(&dst.join("f0")).exists(),
+        "kept for a level-3 re-run"
+    );
+}

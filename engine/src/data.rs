@@ -33,6 +33,7 @@ use ferry_tuning::{Controller, Policy, RateLimits, Timestamp};
 use crate::caps::HostCaps;
 use crate::checkpointer::Checkpointer;
 use crate::control::ErrorCode;
+use crate::integrity::{Algorithm, Digest, InOrder};
 use crate::resume::{self, FileAction, FilePlan};
 use crate::split;
 use crate::stats::{Counters, LaneStats, Latency};
@@ -132,6 +133,11 @@ pub struct SessionSpec {
     pub plans: Vec<FilePlan>,
     /// The multi-session transfer the session belongs to, if any.
     pub transfer: Option<String>,
+    /// The end-to-end checksum: the sender hashes each file as it first reads it and
+    /// publishes the digest ([`SessionOp::Digest`] on [`SessionHandle::remote_ops`]); the
+    /// receiver hashes what it writes and renames a file only once the sender's digest
+    /// has arrived ([`DataPlane::control`]) and is equal.
+    pub checksum: Algorithm,
 }
 
 /// How a session ended.
@@ -153,6 +159,12 @@ pub struct SessionReport {
     pub loss: Option<f64>,
     /// Blocks asked for again, repeats included (receiving side).
     pub nacks: Option<u64>,
+    /// Each file's checksum as this side computed it (with a checksum algorithm; `None`
+    /// for skipped files and files not finished).
+    pub digests: Vec<Option<Digest>>,
+    /// Receiving side: the files whose checksum did not match the sender's (or whose
+    /// sender's checksum never came). They stay `NAME.partial` with their checkpoint.
+    pub mismatched: Vec<u32>,
 }
 
 /// Progress of a running session, shared with the control plane and the CLI.
@@ -219,6 +231,15 @@ pub enum SessionOp {
     /// End the session here at once, without relaying anything: its client has gone, or a
     /// new session takes over its files. A receiver flushes its checkpoints first.
     Abandon,
+    /// A file's end-to-end checksum. A sending session publishes it (on its
+    /// `remote_ops`) once it has hashed the whole file; the control plane relays it to the
+    /// receiving session, which renames the file only if its own digest is equal.
+    Digest {
+        /// The file's index in the manifest.
+        file: u32,
+        /// The sender's digest.
+        digest: Digest,
+    },
 }
 
 /// What `ferryctl sessions` shows of one session.
@@ -298,6 +319,9 @@ const STATS_INTERVAL: Duration = Duration::from_secs(1);
 const UDP_START_TIMEOUT: Duration = Duration::from_secs(5);
 /// Socket buffers: bursts at 10 Gbit/s and more need megabytes.
 const SOCKET_BUFFER: usize = 16 << 20;
+/// How long a receiving session that holds every block waits for the sender's checksums
+/// of its complete files before failing them.
+const DIGEST_WAIT: Duration = Duration::from_secs(15);
 /// A datagram that wakes the data thread to look at its command queue.
 const WAKE: &[u8] = b"ferry-wake";
 
@@ -624,6 +648,18 @@ struct Files {
     checkpointer: Checkpointer,
     block_size: u32,
     no_fsync: bool,
+    /// Each file's in-order hash while it runs (`None`: no checksum, skipped, or done).
+    hashes: Vec<Option<InOrder>>,
+    /// Each file's digest as this side computed it.
+    digests: Vec<Option<Digest>>,
+    /// Sender: digests computed but not yet handed to the control plane.
+    published: Vec<(u32, Digest)>,
+    /// Receiver: the sender's digest of each file, once it has arrived.
+    expected: Vec<Option<Digest>>,
+    /// Receiver: complete files waiting for the sender's digest before their rename.
+    awaiting: std::collections::BTreeSet<u32>,
+    /// Receiver: files whose digest did not match; they stay partial.
+    mismatched: Vec<u32>,
 }
 
 impl Files {
@@ -638,12 +674,26 @@ impl Files {
                 }))
             })
             .collect();
+        let skipped: Vec<bool> = (0..spec.files.len())
+            .map(|i| plan(i).action == FileAction::Skip)
+            .collect();
+        let n = spec.files.len();
         Files {
             root: spec.root.clone(),
-            received,
-            skipped: (0..spec.files.len())
-                .map(|i| plan(i).action == FileAction::Skip)
+            hashes: (0..n)
+                .map(|i| {
+                    (!skipped[i])
+                        .then(|| InOrder::new(spec.checksum, spec.files[i].size))
+                        .flatten()
+                })
                 .collect(),
+            digests: vec![None; n],
+            published: Vec::new(),
+            expected: vec![None; n],
+            awaiting: Default::default(),
+            mismatched: Vec::new(),
+            received,
+            skipped,
             dirty: Default::default(),
             checkpointer: Checkpointer::default(),
             entries: spec.files.clone(),
@@ -697,7 +747,53 @@ impl Files {
                 ))));
             }
         }
+        self.hash_read(index, offset, buf)
+    }
+
+    /// Sender: hashes a block just read, if it is the file's next in order (a re-read of
+    /// a block already hashed is not hashed again), then whatever the receiver held from
+    /// the start that follows it, from the file.
+    fn hash_read(&mut self, index: u32, offset: u64, data: &[u8]) -> io::Result<()> {
+        let i = index as usize;
+        let Some(h) = self.hashes[i].as_mut() else {
+            return Ok(());
+        };
+        // On the sending side `received` is what the receiver held at the start plus what
+        // has been read: everything that can be hashed in order.
+        self.received[i].insert(offset..offset + data.len() as u64);
+        let (f, base) = (&self.open[&index], self.entries[i].offset());
+        h.handle_data(offset, data, &self.received[i], |o, b| {
+            f.read_exact_at(b, base + o)
+        })?;
+        self.take_digest(index);
         Ok(())
+    }
+
+    /// Sender: the digests of files it never reads, because the receiver holds every
+    /// block of them (resumed whole) or they are empty, from the local file.
+    fn hash_unread(&mut self) -> io::Result<()> {
+        for index in 0..self.entries.len() as u32 {
+            let i = index as usize;
+            if self.hashes[i].is_none() || self.received[i].len() < self.entries[i].size {
+                continue;
+            }
+            let (f, base) = (File::open(self.path(index))?, self.entries[i].offset());
+            if let Some(h) = self.hashes[i].as_mut() {
+                h.catch_up(&self.received[i], |o, b| f.read_exact_at(b, base + o))?;
+            }
+            self.take_digest(index);
+        }
+        Ok(())
+    }
+
+    /// Records file `index`'s digest once every byte of it is hashed.
+    fn take_digest(&mut self, index: u32) {
+        let i = index as usize;
+        if let Some(d) = self.hashes[i].as_mut().and_then(InOrder::finish) {
+            self.hashes[i] = None;
+            self.digests[i] = Some(d);
+            self.published.push((index, d));
+        }
     }
 
     fn open_partial(&mut self, index: u32) -> io::Result<&File> {
@@ -724,13 +820,119 @@ impl Files {
     fn write(&mut self, index: u32, offset: u64, data: &[u8]) -> io::Result<()> {
         let at = self.entries[index as usize].offset() + offset;
         self.open_partial(index)?.write_all_at(data, at)?;
-        let received = &mut self.received[index as usize];
-        received.insert(offset..offset + data.len() as u64);
+        let i = index as usize;
+        self.received[i].insert(offset..offset + data.len() as u64);
         self.dirty.insert(index);
-        if received.len() == self.entries[index as usize].size {
-            self.finish(index)?;
+        if let Some(h) = self.hashes[i].as_mut() {
+            // In order: straight from the buffer; beyond a gap: read back (page cache)
+            // once the gap fills; resumed ranges: from the partial file.
+            let (f, base) = (&self.open[&index], self.entries[i].offset());
+            h.handle_data(offset, data, &self.received[i], |o, b| {
+                f.read_exact_at(b, base + o)
+            })?;
+        }
+        if self.received[i].len() == self.entries[i].size {
+            self.complete(index)?;
         }
         Ok(())
+    }
+
+    /// Receiver: file `index` holds every byte. Without a checksum it is finished now;
+    /// with one, once the sender's digest is here and equal.
+    fn complete(&mut self, index: u32) -> io::Result<()> {
+        let i = index as usize;
+        if self.hashes[i].is_none() && self.digests[i].is_none() {
+            return self.finish(index);
+        }
+        if self.hashes[i].as_ref().is_some_and(|h| !h.is_complete()) {
+            // Whatever the writes did not reach (a file resumed whole): from the partial.
+            self.open_partial(index)?;
+            let (f, base) = (&self.open[&index], self.entries[i].offset());
+            if let Some(h) = self.hashes[i].as_mut() {
+                h.catch_up(&self.received[i], |o, b| f.read_exact_at(b, base + o))?;
+            }
+        }
+        if let Some(d) = self.hashes[i].as_mut().and_then(InOrder::finish) {
+            self.hashes[i] = None;
+            self.digests[i] = Some(d);
+        }
+        self.awaiting.insert(index);
+        self.verify(index)
+    }
+
+    /// Receiver: compares a complete file's digest with the sender's, if it has come.
+    fn verify(&mut self, index: u32) -> io::Result<()> {
+        let i = index as usize;
+        let (Some(local), Some(expected)) = (self.digests[i], self.expected[i]) else {
+            return Ok(());
+        };
+        if !self.awaiting.remove(&index) {
+            return Ok(());
+        }
+        if local == expected {
+            self.finish(index)
+        } else {
+            // It stays NAME.partial, with a checkpoint naming every byte: a re-run at
+            // resume level 3 compares each MiB with the source's and re-sends only the
+            // chunks that differ. A piece of a split file has no such sums: its
+            // checkpoint goes, and the re-run sends the piece again.
+            self.mismatched.push(index);
+            if self.entries[i].part.is_some() {
+                self.open.remove(&index);
+                self.dirty.remove(&index);
+                self.received[i] = RangeSet::new();
+                return resume::remove_checkpoint_at(&self.checkpoint_path(index));
+            }
+            self.dirty.insert(index);
+            Ok(())
+        }
+    }
+
+    /// Receiver: the sender's digest of file `index`.
+    fn handle_digest(&mut self, index: u32, digest: Digest) -> io::Result<()> {
+        let i = index as usize;
+        if i >= self.entries.len() || self.skipped[i] || self.expected[i].is_some() {
+            return Ok(());
+        }
+        self.expected[i] = Some(digest);
+        self.verify(index)
+    }
+
+    /// What went wrong with the files in `mismatched`, for people.
+    fn mismatch_message(&self, mismatched: &[u32]) -> String {
+        let shown: Vec<String> = mismatched
+            .iter()
+            .take(5)
+            .map(|&i| {
+                let i = i as usize;
+                let path = &self.entries[i].path;
+                match (self.digests[i], self.expected[i]) {
+                    (Some(got), Some(want)) => {
+                        format!("{path} (received {got}, the source has {want})")
+                    }
+                    _ => format!("{path} (the source's checksum never arrived)"),
+                }
+            })
+            .collect();
+        let more = mismatched.len().saturating_sub(shown.len());
+        format!(
+            "{} file(s) differ from the source after the transfer and were kept as \
+             NAME.partial: {}{}",
+            mismatched.len(),
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        )
+    }
+
+    /// Receiver: gives up on the digests that have not come; those files fail.
+    fn give_up_waiting(&mut self) {
+        while let Some(index) = self.awaiting.pop_first() {
+            self.mismatched.push(index);
+        }
     }
 
     /// Whether some file has data no checkpoint names yet.
@@ -832,7 +1034,7 @@ impl Files {
         for i in 0..self.entries.len() as u32 {
             let done = self.received[i as usize].len() == self.entries[i as usize].size;
             if done && !self.skipped[i as usize] {
-                self.finish(i)?;
+                self.complete(i)?;
             }
         }
         Ok(())
@@ -896,6 +1098,9 @@ struct Session {
     wire_bytes: u64,
     /// When written data is next made durable and checkpointed (receiving sessions).
     next_checkpoint: Timestamp,
+    /// Receiving: the protocol is done, but complete files still wait for the sender's
+    /// checksums; they are failed at this time.
+    digest_deadline: Option<Timestamp>,
 }
 
 /// `limits` bounded by a host cap's `ceiling`.
@@ -948,6 +1153,12 @@ impl Session {
         let mut files = Files::new(&spec);
         let machine = match spec.role {
             Role::Sender => {
+                files.hash_unread().map_err(|e| {
+                    (
+                        ErrorCode::SourceVanished,
+                        format!("reading a source to checksum it: {e}"),
+                    )
+                })?;
                 let mut cfg =
                     SenderConfig::new(spec.session, spec.cipher, spec.secret, spec.direction);
                 cfg.policy = spec.policy;
@@ -992,6 +1203,7 @@ impl Session {
             transfer: spec.transfer.clone(),
             wire_bytes: 0,
             next_checkpoint: now + CHECKPOINT_INTERVAL,
+            digest_deadline: None,
         })
     }
 
@@ -1004,6 +1216,23 @@ impl Session {
     fn apply(&mut self, now: Timestamp, op: SessionOp) -> Result<(), String> {
         if op == SessionOp::Abandon {
             self.abandon(now);
+            return Ok(());
+        }
+        if let SessionOp::Digest { file, digest } = op {
+            if matches!(self.machine, Machine::Send(..)) {
+                return Err(format!(
+                    "session {} sends here: it makes its own digests",
+                    self.id
+                ));
+            }
+            if let Err(e) = self.files.handle_digest(file, digest) {
+                let path = self
+                    .files
+                    .entries
+                    .get(file as usize)
+                    .map_or("?", |e| &e.path);
+                self.fail(io_code(&e), format!("finishing {path}: {e}"));
+            }
             return Ok(());
         }
         let Machine::Send(s, _) = &mut self.machine else {
@@ -1059,7 +1288,7 @@ impl Session {
                 s.cancel(now);
                 self.fail(ErrorCode::PeerAborted, "cancelled by the operator".into());
             }
-            SessionOp::Abandon => unreachable!("handled above"),
+            SessionOp::Abandon | SessionOp::Digest { .. } => unreachable!("handled above"),
         }
         Ok(())
     }
@@ -1274,6 +1503,11 @@ impl Session {
                     send(socket, bytes, peer);
                     self.wire_bytes += tx.len as u64;
                 }
+                if let Some(remote) = &self.remote {
+                    for (file, digest) in self.files.published.drain(..) {
+                        let _ = remote.send(SessionOp::Digest { file, digest });
+                    }
+                }
                 self.progress
                     .bytes
                     .store(s.acknowledged_bytes(), Ordering::Relaxed);
@@ -1290,7 +1524,8 @@ impl Session {
                         ReceiverEvent::Complete => {
                             self.done_at.get_or_insert(now);
                         }
-                        ReceiverEvent::Closed => self.finished = true,
+                        // Finished below, once no complete file waits for its checksum.
+                        ReceiverEvent::Closed => {}
                         ReceiverEvent::Failed(f) => {
                             let code = failure_code(f.code, Role::Receiver);
                             self.error.get_or_insert((code, f.reason));
@@ -1315,7 +1550,12 @@ impl Session {
                     }
                 }
                 if r.is_done() {
-                    self.finished = true;
+                    if self.files.awaiting.is_empty() {
+                        self.finished = true;
+                    } else if now >= *self.digest_deadline.get_or_insert(now + DIGEST_WAIT) {
+                        self.files.give_up_waiting();
+                        self.finished = true;
+                    }
                 }
             }
         }
@@ -1340,6 +1580,9 @@ impl Session {
         };
         if self.files.has_dirty() {
             t = Some(t.map_or(self.next_checkpoint, |t| t.min(self.next_checkpoint)));
+        }
+        if let Some(d) = self.digest_deadline {
+            t = Some(t.map_or(d, |t| t.min(d)));
         }
         if self.heard {
             t
@@ -1384,8 +1627,13 @@ impl Session {
             (Some(a), Some(b)) => b.saturating_since(a).as_secs_f64(),
             _ => 0.0,
         };
+        let mismatched = std::mem::take(&mut self.files.mismatched);
         let error = match (self.error, self.done_at) {
             (Some(e), _) => Some(e),
+            (None, Some(_)) if !mismatched.is_empty() => Some((
+                ErrorCode::ChecksumMismatch,
+                self.files.mismatch_message(&mismatched),
+            )),
             (None, Some(_)) => None,
             (None, None) => Some((ErrorCode::PeerAborted, "the session ended early".into())),
         };
@@ -1398,6 +1646,8 @@ impl Session {
             drops,
             loss,
             nacks,
+            digests: std::mem::take(&mut self.files.digests),
+            mismatched,
         };
         (self.report, report)
     }
@@ -1686,6 +1936,7 @@ mod tests {
             ceiling_bps: None,
             plans: Vec::new(),
             transfer: None,
+            checksum: Algorithm::None,
         }
     }
 

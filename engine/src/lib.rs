@@ -9,6 +9,8 @@
 //!   [`sums`]: the source checksums levels 2 and 3 check against.
 //! - [`retry`]: which failures `ferry --retry` tries again; `--on-change`.
 //! - [`doctor`]: `ferry doctor`'s checks, and ferryd's side of its UDP probe.
+//! - [`integrity`]: end-to-end file checksums (`--checksum`), hashed in file order as data
+//!   passes by.
 #![warn(missing_docs)]
 
 pub mod caps;
@@ -18,6 +20,7 @@ pub mod control;
 pub mod ctl_server;
 pub mod data;
 pub mod doctor;
+pub mod integrity;
 pub mod logging;
 pub mod metrics;
 pub mod paths;

@@ -378,7 +378,12 @@ pub fn write_checkpoint_to(target: &Path, ckpt: &Checkpoint) -> io::Result<()> {
 
 /// Removes the checkpoint of the file at `path`, if any.
 pub fn remove_checkpoint(path: &Path) -> io::Result<()> {
-    match fs::remove_file(checkpoint_path(path)) {
+    remove_checkpoint_at(&checkpoint_path(path))
+}
+
+/// Removes the checkpoint file `target` (a whole file's or a piece's), if any.
+pub fn remove_checkpoint_at(target: &Path) -> io::Result<()> {
+    match fs::remove_file(target) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }

@@ -15,11 +15,13 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use ferry_engine::config::parse_rate;
-use ferry_engine::control::client::{ClientOptions, Control, default_known_hosts, default_user};
-use ferry_engine::control::messages::Offer;
-use ferry_engine::control::messages::Steer;
+use ferry_engine::control::client::{
+    ClientOptions, Control, Live, default_known_hosts, default_user,
+};
+use ferry_engine::control::messages::{FileDigest, Offer, Steer};
 use ferry_engine::control::{DownloadRequest, ErrorCode, TransferParams, UploadRequest};
 use ferry_engine::data::{self, DataPlane, FileEntry, Role, SessionReport, SessionSpec};
+use ferry_engine::integrity::{Algorithm, Digest};
 use ferry_engine::paths::validate_relative;
 use ferry_engine::resume::{self, FileAction, FilePlan, Overwrite, ResumePolicy};
 use ferry_engine::retry::{self, Attempts, OnChange};
@@ -163,6 +165,35 @@ struct Options {
     /// Limit for the TCP connection and, again, for the SSH handshake.
     #[arg(long, default_value = "15s", value_parser = retry::parse_duration)]
     connect_timeout: Duration,
+    /// End-to-end checksum of each file: sha256 | crc32c | none (default none; sha256 when
+    /// --manifest is given). The sender hashes each file as it reads it, the receiver as
+    /// it writes it, and a file gets its final name only when both agree. A file that
+    /// differs stays NAME.partial and is sent again once, at resume level 3 (only the MiB
+    /// chunks that differ travel); if it still differs, ferry fails with code 38.
+    #[arg(long, value_parser = parse_checksum)]
+    checksum: Option<Algorithm>,
+    /// After the transfer, write what was sent to PATH: one JSON object per line and per
+    /// file, {"path": name relative to the destination, "size": bytes, "mtime": RFC 3339
+    /// with nanoseconds, "checksum": "ALGORITHM:HEX" (null for a skipped file), "action":
+    /// "sent" | "resumed" | "skipped"}; a file split across sessions has a line per piece,
+    /// with "offset" and "file_size" besides.
+    #[arg(long, value_name = "PATH")]
+    manifest: Option<PathBuf>,
+}
+
+fn parse_checksum(s: &str) -> Result<Algorithm, String> {
+    s.parse()
+}
+
+impl Options {
+    /// The checksum in force: `--checksum`, or sha256 for a `--manifest`.
+    fn checksum(&self) -> Algorithm {
+        match (self.checksum, &self.manifest) {
+            (Some(a), _) => a,
+            (None, Some(_)) => Algorithm::Sha256,
+            (None, None) => Algorithm::None,
+        }
+    }
 }
 
 /// `[USER@]HOST:PATH`.
@@ -213,6 +244,10 @@ struct Outcome {
     wire_bytes: u64,
     retransmitted_bytes: u64,
     data_secs: f64,
+    /// The checksum in force.
+    checksum: Algorithm,
+    /// Files sent again after a checksum mismatch.
+    repaired: usize,
 }
 
 /// Set by SIGINT or SIGTERM; the session loop notices within 200 ms.
@@ -255,10 +290,18 @@ fn main() -> ExitCode {
                         "code": null, "message": null,
                         "skipped": count(FileAction::Skip), "resumed": count(FileAction::Resume),
                         "resumed_bytes": o.resumed_bytes,
+                        "checksum": o.checksum.is_enabled().then(|| o.checksum.as_str()),
+                        "repaired": o.repaired,
                     })
                 );
             } else {
                 let (skipped, resumed) = (count(FileAction::Skip), count(FileAction::Resume));
+                if o.repaired > 0 {
+                    eprintln!(
+                        "{} file(s) failed their checksum and were repaired",
+                        o.repaired
+                    );
+                }
                 if skipped + resumed > 0 {
                     eprintln!(
                         "{skipped} file(s) skipped, {resumed} resumed ({} already there)",
@@ -504,6 +547,10 @@ fn params(o: &Options, block_size: u32, rtt: Duration) -> TransferParams {
         block_size,
         resume_level: o.resume,
         overwrite: o.overwrite.to_string(),
+        checksum: match o.checksum() {
+            Algorithm::None => String::new(),
+            a => a.to_string(),
+        },
     }
 }
 
@@ -611,6 +658,122 @@ fn walk(
     Ok(())
 }
 
+/// One session's worth of a transfer: how it went, and the files that failed their
+/// checksum (kept as `NAME.partial` at the destination).
+struct Pass {
+    outcome: Outcome,
+    files: Vec<FileEntry>,
+    digests: Vec<Option<Digest>>,
+    /// Manifest indices of the files whose checksum did not match, and why.
+    mismatched: Vec<u32>,
+    mismatch: Option<Failure>,
+}
+
+impl Pass {
+    /// Folds in the pass that re-sent this one's mismatched files.
+    fn absorb(&mut self, retry: Pass) {
+        for (k, &i) in self.mismatched.iter().enumerate() {
+            if let Some(d) = retry.digests.get(k) {
+                self.digests[i as usize] = *d;
+            }
+        }
+        let (a, b) = (&mut self.outcome, retry.outcome);
+        a.bytes += b.bytes;
+        a.wire_bytes += b.wire_bytes;
+        a.retransmitted_bytes += b.retransmitted_bytes;
+        a.data_secs += b.data_secs;
+        a.repaired = self.mismatched.len();
+        self.mismatched = retry
+            .mismatched
+            .iter()
+            .map(|&k| self.mismatched[k as usize])
+            .collect();
+        self.mismatch = retry.mismatch;
+    }
+
+    /// The outcome once no file is left mismatched; writes `--manifest` and tells each
+    /// file's checksum (`--json`).
+    fn finish(self, o: &Options) -> Result<Outcome, Failure> {
+        if let Some(f) = self.mismatch {
+            return Err(f);
+        }
+        if o.json && o.checksum().is_enabled() {
+            for (f, d) in self.files.iter().zip(&self.digests) {
+                if let Some(d) = d {
+                    println!(
+                        "{}",
+                        serde_json::json!({"event": "checksum", "path": f.path,
+                            "checksum": d.to_string()})
+                    );
+                }
+            }
+        }
+        if let Some(path) = &o.manifest {
+            write_manifest(path, &self.files, &self.outcome.plans, &self.digests).map_err(|e| {
+                Failure(
+                    ErrorCode::from_io(&e),
+                    format!("writing the manifest {}: {e}", path.display()),
+                )
+            })?;
+        }
+        Ok(self.outcome)
+    }
+}
+
+/// `--manifest`: one JSON line per file.
+fn write_manifest(
+    path: &Path,
+    files: &[FileEntry],
+    plans: &[FilePlan],
+    digests: &[Option<Digest>],
+) -> std::io::Result<()> {
+    use time::format_description::well_known::Rfc3339;
+    let mut out = String::new();
+    for (i, f) in files.iter().enumerate() {
+        let action = plans.get(i).map_or(FileAction::Send, |p| p.action);
+        let nanos = i128::from(f.mtime.0) * 1_000_000_000 + i128::from(f.mtime.1);
+        let mtime = time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+            .ok()
+            .and_then(|t| t.format(&Rfc3339).ok());
+        let checksum = digests.get(i).copied().flatten().map(|d| d.to_string());
+        let mut line = serde_json::json!({
+            "path": f.path, "size": f.size, "mtime": mtime, "checksum": checksum,
+            "action": action.outcome(),
+        });
+        if let Some(p) = f.part {
+            // A piece of a file split across sessions: its own bytes, and its checksum.
+            line["offset"] = p.offset.into();
+            line["file_size"] = p.whole_size.into();
+        }
+        out.push_str(&line.to_string());
+        out.push('\n');
+    }
+    std::fs::write(path, out)
+}
+
+/// Tells the person that mismatched files go again.
+fn announce_repair(pass: &Pass, json: bool) {
+    let names: Vec<&str> = pass
+        .mismatched
+        .iter()
+        .map(|&i| pass.files[i as usize].path.as_str())
+        .collect();
+    if json {
+        for n in &names {
+            println!(
+                "{}",
+                serde_json::json!({"event": "checksum_mismatch", "path": n, "action": "resend"})
+            );
+        }
+    } else {
+        eprintln!(
+            "ferry: {} file(s) failed their checksum ({}); sending the chunks that differ again",
+            names.len(),
+            names.join(", ")
+        );
+    }
+}
+
 fn send(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
     let (sources, dest) = args.split_at(args.len() - 1);
     let remote = parse_remote(&dest[0]).ok_or_else(|| {
@@ -623,17 +786,46 @@ fn send(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
     let nodes = cluster_nodes(o, &remote)?;
     let count = o.sessions.map_or(nodes.len(), |n| n as usize).max(1);
     let jobs = upload_jobs(o, &files, &locals, &dirs, count);
+    let (mut pass, entry_locals) = upload_pass(o, &remote, &nodes, &jobs, o.resume)?;
+    pass.outcome.files = files.len();
+    if !pass.mismatched.is_empty() {
+        // Once, at resume level 3: the receiver keeps every MiB chunk of the partial whose
+        // CRC32 matches the source's, so only the damaged ones travel (a piece of a split
+        // file travels again whole: its checkpoint went with the mismatch).
+        announce_repair(&pass, o.json);
+        let picked: Vec<usize> = pass.mismatched.iter().map(|&i| i as usize).collect();
+        let job = Job {
+            files: picked.iter().map(|&i| pass.files[i].clone()).collect(),
+            locals: picked.iter().map(|&i| entry_locals[i].clone()).collect(),
+            dirs: Vec::new(),
+            bytes: picked.iter().map(|&i| pass.files[i].size).sum(),
+        };
+        let (retry, _) = upload_pass(o, &remote, &nodes, &[job], 3)?;
+        pass.absorb(retry);
+    }
+    pass.finish(o)
+}
+
+/// One pass of an upload: its sessions (`jobs`) run side by side at resume level `level`.
+/// Returns the pass, its entries in session order, and the local path of each.
+fn upload_pass(
+    o: &Options,
+    remote: &Remote,
+    nodes: &[Node],
+    jobs: &[Job],
+    level: u8,
+) -> Result<(Pass, Vec<PathBuf>), Failure> {
     let tracker = Tracker::new(jobs.iter().map(|j| j.bytes).collect());
-    let started = std::thread::scope(|scope| {
+    let results = std::thread::scope(|scope| {
         let mut threads = Vec::new();
         for (i, job) in jobs.iter().enumerate() {
             if i > 0 {
                 tracker.wait_for_start(i - 1, o.session_interval);
             }
             let node = &nodes[i % nodes.len()];
-            let (remote, tracker) = (&remote, &tracker);
+            let tracker = &tracker;
             threads.push(scope.spawn(move || {
-                let r = upload_session(o, remote, node, job, i, tracker);
+                let r = upload_session(o, remote, node, job, level, i, tracker);
                 tracker.ended(i, r.is_err());
                 r
             }));
@@ -657,17 +849,45 @@ fn send(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
             })
             .collect::<Vec<_>>()
     });
-    let runs = first_failure(started)?;
-    let plans: Vec<FilePlan> = runs.iter().flat_map(|r| r.plans.iter().cloned()).collect();
-    Ok(Outcome {
-        files: files.len(),
-        resumed_bytes: runs.iter().map(|r| r.resumed_bytes).sum(),
-        plans,
-        bytes: runs.iter().map(|r| r.bytes).sum(),
-        wire_bytes: runs.iter().map(|r| r.report.wire_bytes).sum(),
-        retransmitted_bytes: runs.iter().map(|r| r.report.retransmitted_bytes).sum(),
-        data_secs: data_phase(&runs),
-    })
+    let runs: Vec<SessionRun> = results.into_iter().collect::<Result<_, _>>()?;
+    let data_secs = data_phase(&runs);
+    let mut pass = Pass {
+        outcome: Outcome {
+            files: 0,
+            plans: Vec::new(),
+            resumed_bytes: 0,
+            bytes: 0,
+            wire_bytes: 0,
+            retransmitted_bytes: 0,
+            data_secs,
+            checksum: o.checksum(),
+            repaired: 0,
+        },
+        files: Vec::new(),
+        digests: Vec::new(),
+        mismatched: Vec::new(),
+        mismatch: None,
+    };
+    let mut locals = Vec::new();
+    for (run, job) in runs.into_iter().zip(jobs) {
+        let base = pass.files.len() as u32;
+        let out = &mut pass.outcome;
+        out.files += run.files.len();
+        out.plans.extend(run.plans);
+        out.resumed_bytes += run.resumed_bytes;
+        out.bytes += run.bytes;
+        out.wire_bytes += run.report.wire_bytes;
+        out.retransmitted_bytes += run.report.retransmitted_bytes;
+        pass.mismatched
+            .extend(run.mismatched.iter().map(|&i| base + i));
+        pass.mismatch = pass.mismatch.or(run.mismatch);
+        let mut digests = run.report.digests;
+        digests.resize(run.files.len(), None);
+        pass.digests.extend(digests);
+        pass.files.extend(run.files);
+        locals.extend(job.locals.iter().cloned());
+    }
+    Ok((pass, locals))
 }
 
 /// A server to open sessions with: the destination's host, or each of `--hosts`.
@@ -789,6 +1009,11 @@ struct SessionRun {
     /// When its data phase began and ended.
     began: Instant,
     ended: Instant,
+    /// The session's entries (pieces of split files included).
+    files: Vec<FileEntry>,
+    /// Indices (in `files`) of the files whose checksum did not match, and why.
+    mismatched: Vec<u32>,
+    mismatch: Option<Failure>,
 }
 
 /// From the first session's first data to the last one's completion.
@@ -801,17 +1026,13 @@ fn data_phase(runs: &[SessionRun]) -> f64 {
     }
 }
 
-/// The sessions' results, or the first session's failure (the transfer failed).
-fn first_failure(results: Vec<Result<SessionRun, Failure>>) -> Result<Vec<SessionRun>, Failure> {
-    results.into_iter().collect()
-}
-
 /// One session of an upload, from its SSH connection to the server's last word.
 fn upload_session(
     o: &Options,
     remote: &Remote,
     node: &Node,
     job: &Job,
+    level: u8,
     slot: usize,
     tracker: &Tracker,
 ) -> Result<SessionRun, Failure> {
@@ -830,8 +1051,9 @@ fn upload_session(
         &target,
     )?;
     let plane = tracker.plane(&server_tcp)?;
-    let sums = source_sums(&job.files, &job.locals, o.resume)?;
+    let sums = source_sums(&job.files, &job.locals, level)?;
     let mut params = params(o, block, rtt);
+    params.resume_level = level;
     if let Some(total) = o.target_rate {
         // The transfer's rate, shared: each session aims at its part.
         params.target_bps = (total / tracker.sessions() as u64).max(1);
@@ -898,6 +1120,7 @@ fn upload_session(
         ceiling_bps: ready.ceiling_bps,
         plans: plans.clone(),
         transfer: tracker.tag(),
+        checksum: o.checksum(),
     };
     let (report, began, ended) = run_session(&plane, &mut control, spec, slot, tracker)?;
     // A failure seen here (a source that vanished) is more specific than the server's view
@@ -912,14 +1135,21 @@ fn upload_session(
         }
         return Err(err.into());
     }
-    // Otherwise the server's word decides: its files are renamed only once complete and
-    // durable.
+    // Otherwise the server's word decides: its files are renamed only once complete,
+    // durable and (with a checksum) verified.
     let done = control.wait_done(Some(Duration::from_secs(120)))?;
+    let mut mismatch = None;
     if let Some(err) = done.error() {
-        return Err(err.into());
+        if err.0 != ErrorCode::ChecksumMismatch || done.mismatched.is_empty() {
+            return Err(err.into());
+        }
+        mismatch = Some(err.into());
     }
     Ok(SessionRun {
         bytes: done.bytes.max(report.bytes),
+        mismatched: done.mismatched,
+        mismatch,
+        files: job.files.clone(),
         report,
         plans,
         resumed_bytes,
@@ -959,19 +1189,76 @@ fn recv(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
         remote = Some(r);
     }
     let remote = remote.expect("at least one source");
+    let mut pass = download(o, &remote, paths.clone(), &dest, o.resume)?;
+    if !pass.mismatched.is_empty() {
+        announce_repair(&pass, o.json);
+        // Every source lies in one directory on the server, and each file's name is
+        // relative to it: fetch each damaged file alone into its own directory here, at
+        // resume level 3 (only the MiB chunks that differ travel).
+        let first = paths[0].trim_end_matches('/');
+        let base = first.rsplit_once('/').map_or("", |(b, _)| b);
+        let mut retry_all: Option<Pass> = None;
+        for &i in &pass.mismatched {
+            let name = &pass.files[i as usize].path;
+            let (sub, _) = name.rsplit_once('/').unwrap_or(("", name));
+            let mut one = download(
+                o,
+                &remote,
+                vec![format!("{base}/{name}")],
+                &dest.join(sub),
+                3,
+            )?;
+            one.files[0].path.clone_from(name);
+            retry_all = Some(match retry_all {
+                None => one,
+                Some(mut acc) => {
+                    let k = acc.files.len() as u32;
+                    acc.files.append(&mut one.files);
+                    acc.digests.append(&mut one.digests);
+                    acc.mismatched.extend(one.mismatched.iter().map(|_| k));
+                    acc.mismatch = one.mismatch.or(acc.mismatch);
+                    let (a, b) = (&mut acc.outcome, one.outcome);
+                    a.bytes += b.bytes;
+                    a.wire_bytes += b.wire_bytes;
+                    a.retransmitted_bytes += b.retransmitted_bytes;
+                    a.data_secs += b.data_secs;
+                    acc
+                }
+            });
+        }
+        if let Some(retry) = retry_all {
+            pass.absorb(retry);
+        }
+    }
+    pass.finish(o)
+}
+
+/// One download session of `paths` (on the server) into `dest` at resume level `level`.
+fn download(
+    o: &Options,
+    remote: &Remote,
+    paths: Vec<String>,
+    dest: &Path,
+    level: u8,
+) -> Result<Pass, Failure> {
     let server_tcp = resolve(&remote.host, o.port)?;
     let block = data::block_size_for(&server_tcp, o.cipher);
-    let (mut control, rtt) = connect(o, &remote)?;
+    let (mut control, rtt) = connect(o, remote)?;
     let plane = start_data_plane(&server_tcp, 1)?;
+    let mut params = params(o, block, rtt);
+    params.resume_level = level;
     let request = DownloadRequest {
         sources: paths,
-        params: params(o, block, rtt),
+        params,
         client_udp: plane.local_addr().port(),
         negotiate: true,
     };
-    let policy = resume_policy(o);
+    let policy = ResumePolicy {
+        level,
+        ..resume_policy(o)
+    };
     let (manifest, plans) =
-        control.download_negotiated(request, |offer| plan_download(&dest, offer, policy))?;
+        control.download_negotiated(request, |offer| plan_download(dest, offer, policy))?;
     for d in &manifest.dirs {
         validate_relative(d)
             .map_err(|e| Failure(ErrorCode::Protocol, format!("server sent {d:?}: {e}")))?;
@@ -1010,7 +1297,7 @@ fn recv(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
         block_size: s.block_size,
         policy: s.policy.parse().unwrap_or(Policy::Fair),
         limits: RateLimits::new(s.target_bps, s.min_bps),
-        root: dest,
+        root: dest.to_path_buf(),
         files: manifest.files.clone(),
         peer: Some(SocketAddr::new(server_tcp.ip(), s.udp_port)),
         no_fsync: o.no_fsync,
@@ -1019,6 +1306,7 @@ fn recv(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
         ceiling_bps: s.ceiling_bps,
         plans: plans.clone(),
         transfer: None,
+        checksum: o.checksum(),
     };
     let tracker = Tracker::new(vec![manifest.files.iter().map(|f| f.size).sum()]);
     let (report, _, _) = std::thread::scope(|scope| {
@@ -1027,22 +1315,34 @@ fn recv(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
         tracker.ended(0, r.is_err());
         r
     })?;
+    let mut mismatch = None;
     if let Some(err) = report.error {
-        return Err(err.into());
+        if err.0 != ErrorCode::ChecksumMismatch || report.mismatched.is_empty() {
+            return Err(err.into());
+        }
+        mismatch = Some(err.into());
     }
     let done = control.wait_done(Some(Duration::from_secs(30)));
     let (wire, retx) = match &done {
         Ok(d) => (d.wire_bytes, d.retransmitted_bytes),
         Err(_) => (0, 0),
     };
-    Ok(Outcome {
-        files: manifest.files.len(),
-        plans,
-        resumed_bytes,
-        bytes: report.bytes,
-        wire_bytes: wire,
-        retransmitted_bytes: retx,
-        data_secs: report.data_secs,
+    Ok(Pass {
+        outcome: Outcome {
+            files: manifest.files.len(),
+            plans,
+            resumed_bytes,
+            bytes: report.bytes,
+            wire_bytes: wire,
+            retransmitted_bytes: retx,
+            data_secs: report.data_secs,
+            checksum: o.checksum(),
+            repaired: 0,
+        },
+        files: manifest.files,
+        digests: report.digests,
+        mismatched: report.mismatched,
+        mismatch,
     })
 }
 
@@ -1059,6 +1359,10 @@ fn source_sums(
         .iter()
         .zip(locals)
         .map(|(f, local)| {
+            if f.part.is_some() {
+                // The sums cover whole files; a piece resumes by its checkpoints alone.
+                return Ok(FileSums::default());
+            }
             FileSums::compute(local, f.size, level).map_err(|e| {
                 Failure(
                     ErrorCode::from_io(&e),
@@ -1279,7 +1583,25 @@ fn run_session(
     loop {
         // Changes the server's operator relays (ferryctl on an upload, whose sender is
         // here) are applied at once; waiting for them is also part of this loop's pause.
-        if let Some(steer) = control.poll_steer(Duration::from_millis(20)) {
+        // This side's sender hashes each file as it reads it: its checksums go to the
+        // server's receiver (upload).
+        while let Ok(op) = handle.remote_ops.try_recv() {
+            relay_digest(control, op);
+        }
+        if let Some(live) = control.poll_live(Duration::from_millis(20)) {
+            let steer = match live {
+                Live::Steer(steer) => steer,
+                Live::Digest(d) => {
+                    let op = data::SessionOp::Digest {
+                        file: d.file,
+                        digest: d.checksum,
+                    };
+                    if let Err(e) = plane.control(id, op) {
+                        eprintln!("ferry: a checksum from the server could not be applied: {e}");
+                    }
+                    continue;
+                }
+            };
             let op = match steer {
                 Steer::SetRate {
                     target_bps,
@@ -1301,6 +1623,9 @@ fn run_session(
         }
         match handle.report.recv_timeout(Duration::from_millis(50)) {
             Ok(report) => {
+                while let Ok(op) = handle.remote_ops.try_recv() {
+                    relay_digest(control, op);
+                }
                 let ended = Instant::now();
                 let began = ended - Duration::from_secs_f64(report.data_secs.max(0.0));
                 return Ok((report, began, ended));
@@ -1343,6 +1668,18 @@ fn run_session(
                 "interrupted by a signal; incomplete files are kept as NAME.partial".into(),
             ));
         }
+    }
+}
+
+/// Sends a checksum this side's sender published to the server's receiver.
+fn relay_digest(control: &mut Control, op: data::SessionOp) {
+    if let data::SessionOp::Digest { file, digest } = op
+        && let Err((_, e)) = control.send_digest(FileDigest {
+            file,
+            checksum: digest,
+        })
+    {
+        eprintln!("ferry: a checksum could not be sent to the server: {e}");
     }
 }
 

@@ -15,8 +15,9 @@ use russh::{Channel, ChannelMsg};
 
 use super::known_hosts::{self, HostKeyStatus};
 use super::messages::{
-    ClientMsg, Done, DownloadRequest, FilePlan, LineBuffer, Manifest, Offer, PROTOCOL_VERSION,
-    Plans, ProbeReady, ProbeRequest, ProbeResult, Ready, ServerMsg, UploadRequest, encode_line,
+    ClientMsg, Done, DownloadRequest, FileDigest, FilePlan, LineBuffer, Manifest, Offer,
+    PROTOCOL_VERSION, Plans, ProbeReady, ProbeRequest, ProbeResult, Ready, ServerMsg, Steer,
+    UploadRequest, encode_line,
 };
 use super::{ControlError, ErrorCode, SUBSYSTEM};
 
@@ -76,6 +77,15 @@ pub fn default_user() -> String {
         .ok()
         .filter(|u| !u.is_empty())
         .unwrap_or_else(|| "ferry".to_string())
+}
+
+/// What the server relays while a transfer runs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Live {
+    /// An operator's change for this client's sender.
+    Steer(Steer),
+    /// The server's sender has hashed a whole file: this client's receiver checks it.
+    Digest(FileDigest),
 }
 
 /// An open control channel to ferryd.
@@ -234,18 +244,29 @@ impl Control {
         self.inner.verdict.lock().unwrap().timed_out
     }
 
+    /// Sends the checksum of a file this client's sender has read whole (upload).
+    pub fn send_digest(&mut self, digest: FileDigest) -> Result<(), ControlError> {
+        let inner = &mut self.inner;
+        self.rt
+            .block_on(async { inner.send(&ClientMsg::Digest(digest)).await })
+    }
+
     /// Waits up to `wait` for a live change the server relays from its operator
-    /// (`ferryctl set-rate` on an upload, whose sender is this client). Other messages are
-    /// kept for [`wait_done`](Self::wait_done).
-    pub fn poll_steer(&mut self, wait: Duration) -> Option<super::messages::Steer> {
+    /// (`ferryctl set-rate` on an upload, whose sender is this client) or for a file's
+    /// checksum from the server's sender (download). Other messages are kept for
+    /// [`wait_done`](Self::wait_done).
+    pub fn poll_live(&mut self, wait: Duration) -> Option<Live> {
         let inner = &mut self.inner;
         if let Some(i) = inner
             .pending
             .iter()
-            .position(|m| matches!(m, ServerMsg::Steer(_)))
-            && let Some(ServerMsg::Steer(s)) = inner.pending.remove(i)
+            .position(|m| matches!(m, ServerMsg::Steer(_) | ServerMsg::Digest(_)))
         {
-            return Some(s);
+            match inner.pending.remove(i) {
+                Some(ServerMsg::Steer(s)) => return Some(Live::Steer(s)),
+                Some(ServerMsg::Digest(d)) => return Some(Live::Digest(d)),
+                _ => {}
+            }
         }
         if inner.lost {
             std::thread::sleep(wait);
@@ -267,7 +288,8 @@ impl Control {
             }
         };
         match msg {
-            ServerMsg::Steer(s) => Some(s),
+            ServerMsg::Steer(s) => Some(Live::Steer(s)),
+            ServerMsg::Digest(d) => Some(Live::Digest(d)),
             other => {
                 inner.pending.push_back(other);
                 None
@@ -284,7 +306,7 @@ impl Control {
                     match inner.next_reply().await? {
                         ServerMsg::Done(d) => return Ok(d),
                         // A change relayed after our session ended: nothing to apply.
-                        ServerMsg::Steer(_) => {}
+                        ServerMsg::Steer(_) | ServerMsg::Digest(_) => {}
                         other => return Err(unexpected(&other)),
                     }
                 }
@@ -323,6 +345,7 @@ fn unexpected(msg: &ServerMsg) -> ControlError {
         ServerMsg::Offer(_) => "offer",
         ServerMsg::Done(_) => "done",
         ServerMsg::Steer(_) => "steer",
+        ServerMsg::Digest(_) => "digest",
         ServerMsg::Error(_) => "error",
         ServerMsg::ProbeReady(_) => "probe_ready",
         ServerMsg::ProbeResult(_) => "probe_result",

@@ -13,6 +13,7 @@
 
 use crate::control::ErrorCode;
 use crate::data::FileEntry;
+use crate::integrity::Digest;
 pub use crate::resume::{FileAction, FilePlan};
 pub use crate::sums::FileSums;
 
@@ -41,6 +42,8 @@ pub enum ClientMsg {
     /// server answers [`ServerMsg::ProbeReady`], probes for a while, then
     /// [`ServerMsg::ProbeResult`].
     Probe(ProbeRequest),
+    /// During an upload: the client's sender has hashed a whole file.
+    Digest(FileDigest),
 }
 
 /// `ferry doctor`'s UDP probe: which datagrams pass between the client's `client_udp`
@@ -76,6 +79,16 @@ pub struct ProbeResult {
     pub sent: Vec<u32>,
 }
 
+/// A file's end-to-end checksum, sent by the side whose data plane sends the file, as soon
+/// as it has read every byte of it ([`TransferParams::checksum`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileDigest {
+    /// The file's index in the session's manifest.
+    pub file: u32,
+    /// `ALGORITHM:HEX`.
+    pub checksum: Digest,
+}
+
 /// The receiving client's decision for each offered file, in the offer's order.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Plans {
@@ -108,6 +121,12 @@ pub struct TransferParams {
     /// `diff`.
     #[serde(default)]
     pub overwrite: String,
+    /// End-to-end checksum of each file (`sha256`, `crc32c`); empty or `none`: none. The
+    /// sending side sends a [`FileDigest`] per file ([`ClientMsg::Digest`] or
+    /// [`ServerMsg::Digest`]) and the receiving side renames a file only once its own
+    /// digest is equal.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub checksum: String,
 }
 
 /// An upload: the client sends `files` into the directory `dest`.
@@ -188,6 +207,8 @@ pub enum ServerMsg {
     Offer(Offer),
     /// The transfer ended (the server's data plane reported).
     Done(Done),
+    /// During a download: the server's sender has hashed a whole file.
+    Digest(FileDigest),
     /// An operator changed the session on the server (`ferryctl`), but the client sends
     /// the data: apply it there.
     Steer(Steer),
@@ -298,6 +319,10 @@ pub struct Done {
     pub retransmitted_bytes: u64,
     /// Seconds of the data phase, as the server measured it.
     pub data_secs: f64,
+    /// Upload: the files (manifest indices) whose checksum did not match; they stay
+    /// `NAME.partial` with a checkpoint, for a re-run at resume level 3.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mismatched: Vec<u32>,
 }
 
 impl Done {
@@ -444,6 +469,7 @@ mod tests {
                     rtt_hint_us: 0,
                     resume_level: 2,
                     overwrite: "diff+older".into(),
+                    checksum: "sha256".into(),
                 },
                 client_udp: 40000,
                 sums: Vec::new(),
@@ -516,6 +542,11 @@ mod tests {
                 wire_bytes: 2,
                 retransmitted_bytes: 0,
                 data_secs: 0.5,
+                mismatched: vec![3],
+            }),
+            ServerMsg::Digest(FileDigest {
+                file: 2,
+                checksum: "crc32c:e3069283".parse().unwrap(),
             }),
             ServerMsg::Offer(Offer {
                 files: vec![entry("y", 4)],
@@ -544,6 +575,7 @@ mod tests {
             wire_bytes: 0,
             retransmitted_bytes: 0,
             data_secs: 0.0,
+            mismatched: Vec::new(),
         };
         assert_eq!(d.error(), Some((ErrorCode::DiskFull, "full".into())));
         let e = ErrorMsg::new(ErrorCode::Auth, "x");

@@ -24,13 +24,16 @@ use tokio::sync::watch;
 use super::authorized_keys;
 use super::claims::Claims;
 use super::messages::{
-    ClientMsg, Done, DownloadRequest, ErrorMsg, FilePlan, FileSums, LineBuffer, Manifest, Offer,
-    PROTOCOL_VERSION, Ready, ServerMsg, TransferParams, UploadRequest, encode_line,
-    is_transfer_tag, to_hex,
+    ClientMsg, Done, DownloadRequest, ErrorMsg, FileDigest, FilePlan, FileSums, LineBuffer,
+    Manifest, Offer, PROTOCOL_VERSION, Ready, ServerMsg, TransferParams, UploadRequest,
+    encode_line, is_transfer_tag, to_hex,
 };
 use super::{ErrorCode, SUBSYSTEM};
 use crate::config::FerrydConfig;
-use crate::data::{DataPlane, FileEntry, Role, SessionHandle, SessionReport, SessionSpec};
+use crate::data::{
+    DataPlane, FileEntry, Role, SessionHandle, SessionOp, SessionReport, SessionSpec,
+};
+use crate::integrity::Algorithm;
 use crate::paths::{Docroot, PathError, validate_relative};
 use crate::resume::{Overwrite, ResumePolicy};
 use crate::translog::{self, Start, TransferLog};
@@ -62,6 +65,8 @@ pub trait SessionStarter: Send + Sync + 'static {
     /// Ends a session at once, without a word to its peer: its client has gone, or a new
     /// session takes over its files. Its report still arrives.
     fn abandon(&self, _session: u32) {}
+    /// Hands a session a change from its peer (a file's checksum, for a receiving session).
+    fn relay(&self, _session: u32, _op: SessionOp) {}
 }
 
 impl SessionStarter for DataPlane {
@@ -71,6 +76,10 @@ impl SessionStarter for DataPlane {
 
     fn abandon(&self, session: u32) {
         let _ = self.control(session, crate::data::SessionOp::Abandon);
+    }
+
+    fn relay(&self, session: u32, op: SessionOp) {
+        let _ = self.control(session, op);
     }
 
     fn udp_port(&self) -> u16 {
@@ -483,10 +492,10 @@ async fn run_channel<S: SessionStarter>(mut channel: Channel<Msg>, ctx: ChannelC
                         let ok = crate::doctor::answer_probe(&channel, ctx.peer, at, req).await;
                         return finish(&channel, ok).await;
                     }
-                    ClientMsg::Plans(_) => {
+                    ClientMsg::Plans(_) | ClientMsg::Digest(_) => {
                         let err = ErrorMsg::new(
                             ErrorCode::Protocol,
-                            "plans sent without a negotiated download",
+                            "plans or a checksum sent outside their transfer",
                         );
                         break 'request (ServerMsg::Error(err), None);
                     }
@@ -553,13 +562,32 @@ async fn run_channel<S: SessionStarter>(mut channel: Channel<Msg>, ctx: ChannelC
     }
     ctx.shared.log.start(&logged);
 
-    // Phase 2: wait for the data plane's report.
+    // Phase 2: wait for the data plane's report; meanwhile relay operator changes and
+    // checksums to the client, and the client's checksums to the receiving session.
     let mut client_gone = false;
     let mut ended = translog::End::default();
     let done = loop {
+        // The client's checksums for an upload (its sender hashes what it reads).
+        while let Some(line) = lines.next_line() {
+            if let Ok(ClientMsg::Digest(d)) = serde_json::from_slice(&line) {
+                let shared = ctx.shared.clone();
+                let op = SessionOp::Digest {
+                    file: d.file,
+                    digest: d.checksum,
+                };
+                let _ =
+                    tokio::task::spawn_blocking(move || shared.starter.relay(session, op)).await;
+            }
+        }
         tokio::select! {
             _ = tokio::time::sleep(REPORT_POLL) => match rx.report.try_recv() {
                 Ok(r) => {
+                    // A download's last checksums go out before its Done.
+                    for msg in relays(&rx.remote_ops) {
+                        if !client_gone {
+                            send(&channel, &msg).await;
+                        }
+                    }
                     let done = done_from_report(&r);
                     ended.loss = r.loss;
                     ended.nacks = r.nacks;
@@ -568,9 +596,9 @@ async fn run_channel<S: SessionStarter>(mut channel: Channel<Msg>, ctx: ChannelC
                     break done;
                 }
                 Err(mpsc::TryRecvError::Empty) => {
-                    while let Ok(op) = rx.remote_ops.try_recv() {
+                    for msg in relays(&rx.remote_ops) {
                         if !client_gone {
-                            send(&channel, &ServerMsg::Steer(steer_of(op))).await;
+                            send(&channel, &msg).await;
                         }
                     }
                 }
@@ -580,6 +608,11 @@ async fn run_channel<S: SessionStarter>(mut channel: Channel<Msg>, ctx: ChannelC
                 ),
             },
             m = channel.wait(), if !client_gone => match m {
+                Some(ChannelMsg::Data { data }) => {
+                    // Malformed or oversized input ends nothing here: the session's own
+                    // data decides.
+                    let _ = lines.push(&data);
+                }
                 Some(ChannelMsg::Close) | None => {
                     tracing::info!(
                         "{} ({}): session {session}: the client closed the control \
@@ -632,6 +665,20 @@ async fn run_channel<S: SessionStarter>(mut channel: Channel<Msg>, ctx: ChannelC
     }
 }
 
+/// What the data plane asks to tell the client: an operator's change for its sender, or a
+/// file's checksum from ours.
+fn relays(ops: &mpsc::Receiver<SessionOp>) -> Vec<ServerMsg> {
+    ops.try_iter()
+        .filter_map(|op| match op {
+            SessionOp::Digest { file, digest } => Some(ServerMsg::Digest(FileDigest {
+                file,
+                checksum: digest,
+            })),
+            op => steer_of(op).map(ServerMsg::Steer),
+        })
+        .collect()
+}
+
 fn done_from_report(r: &SessionReport) -> Done {
     Done {
         ok: r.error.is_none(),
@@ -641,6 +688,7 @@ fn done_from_report(r: &SessionReport) -> Done {
         wire_bytes: r.wire_bytes,
         retransmitted_bytes: r.retransmitted_bytes,
         data_secs: r.data_secs,
+        mismatched: r.mismatched.clone(),
     }
 }
 
@@ -653,6 +701,7 @@ fn done_error(code: ErrorCode, message: String) -> Done {
         wire_bytes: 0,
         retransmitted_bytes: 0,
         data_secs: 0.0,
+        mismatched: Vec::new(),
     }
 }
 
@@ -908,6 +957,13 @@ fn negotiate(
     Ok((cipher, policy, RateLimits::new(target, min), block))
 }
 
+/// The end-to-end checksum a request asks for.
+fn checksum_of(p: &TransferParams) -> Result<Algorithm, ErrorMsg> {
+    p.checksum
+        .parse()
+        .map_err(|e: String| ErrorMsg::new(ErrorCode::BadRequest, e))
+}
+
 /// The resume level and overwrite policy a request asks for.
 fn resume_policy(p: &TransferParams) -> Result<ResumePolicy, ErrorMsg> {
     if p.resume_level > 3 {
@@ -1096,6 +1152,7 @@ fn prepare_upload<S: SessionStarter>(
             ceiling_bps: None,
             plans,
             transfer: req.transfer.filter(|t| is_transfer_tag(t)),
+            checksum: checksum_of(&req.params)?,
         },
         dirs: req.dirs,
         skipped: Vec::new(),
@@ -1192,6 +1249,7 @@ fn prepare_download(
             ceiling_bps: None,
             plans: Vec::new(),
             transfer: None,
+            checksum: checksum_of(&req.params)?,
         },
         dirs: walk.dirs,
         skipped: walk.skipped,
@@ -1309,11 +1367,11 @@ fn rtt_hint(params: &crate::control::TransferParams) -> std::time::Duration {
     }
 }
 
-/// The message that relays an operator's change to the client's sender.
-fn steer_of(op: crate::data::SessionOp) -> crate::control::messages::Steer {
+/// The message that relays an operator's change to the client's sender (`None`: not an
+/// operator's change).
+fn steer_of(op: SessionOp) -> Option<crate::control::messages::Steer> {
     use crate::control::messages::Steer;
-    use crate::data::SessionOp;
-    match op {
+    Some(match op {
         SessionOp::SetRate {
             target_bps,
             min_bps,
@@ -1327,7 +1385,8 @@ fn steer_of(op: crate::data::SessionOp) -> crate::control::messages::Steer {
         SessionOp::Resume => Steer::Resume,
         SessionOp::Cancel | SessionOp::Abandon => Steer::Cancel,
         SessionOp::Ceiling(bps) => Steer::Ceiling { bps },
-    }
+        SessionOp::Digest { .. } => return None,
+    })
 }
 
 #[cfg(test)]

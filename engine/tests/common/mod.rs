@@ -429,6 +429,12 @@ impl Running {
         }
     }
 
+    /// ferry's process id.
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills ferry with SIGKILL (nothing flushed, nothing said).
     #[allow(dead_code)] // not every test binary uses it
     pub fn kill9(&mut self) {

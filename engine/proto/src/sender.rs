@@ -271,6 +271,9 @@ pub struct Sender<A: Aead = DefaultAead> {
     last_send: Timestamp,
     last_data_send: Timestamp,
     last_recv: Timestamp,
+    /// When the receiver last reported progress (its cumulative point or its highest
+    /// block moved), or the session was last paused.
+    last_progress: Timestamp,
     last_feedback: Timestamp,
     last_silence: Timestamp,
     last_fb_recv_us: Option<(u64, u64)>,
@@ -366,6 +369,7 @@ impl<A: Aead> Sender<A> {
             last_send: now,
             last_data_send: now,
             last_recv: now,
+            last_progress: now,
             last_feedback: now,
             last_silence: now,
             last_fb_recv_us: None,
@@ -556,6 +560,7 @@ impl<A: Aead> Sender<A> {
         }
         let total = self.manifest.total_blocks();
         let cum = fb.cum_block.min(total);
+        let mut progressed = cum > self.cum;
         if cum > self.cum {
             self.cum = cum;
             let keep = self.resend_order.split_off(&cum);
@@ -574,6 +579,10 @@ impl<A: Aead> Sender<A> {
             }
         }
         let highest = fb.highest_block.min(self.sent_frontier);
+        progressed |= highest > self.highest;
+        if progressed {
+            self.last_progress = now;
+        }
         if highest > self.highest {
             self.highest = highest;
             self.probe_backoff = 0;
@@ -725,6 +734,21 @@ impl<A: Aead> Sender<A> {
         }
     }
 
+    /// The pacing rate for `ready`: as [`pacing_rate`](Self::pacing_rate), except that
+    /// while a tail probe is outstanding re-sent blocks leave at the controller's rate even
+    /// with the window full. A window full of datagrams lost beyond the receiver's highest
+    /// block is only ever emptied by what the probe reveals; held back by that very window
+    /// (at a minimum rate of 0) the probe would never leave, and the session would stall
+    /// for good.
+    fn pacing_rate_for(&self, ready: &Ready) -> f64 {
+        let rate = self.pacing_rate();
+        if rate <= 0.0 && self.probe_backoff > 0 && ready.origin != Origin::New {
+            self.controller.rate()
+        } else {
+            rate
+        }
+    }
+
     fn next_ready(&self) -> Option<&Ready> {
         self.ready_urgent.front().or_else(|| {
             self.ready_new
@@ -761,10 +785,14 @@ impl<A: Aead> Sender<A> {
             }
             State::Sending => {}
         }
+        if self.paused {
+            // A pause is not a stall: the progress clock starts again on resume.
+            self.last_progress = now;
+        }
         if let Some(&ready) = self.next_ready().filter(|_| !self.paused) {
             let len = self.manifest.block(ready.block).len;
             let wire_len = self.datagram_len(len);
-            let rate = self.pacing_rate();
+            let rate = self.pacing_rate_for(&ready);
             if rate > 0.0 && self.pacer.earliest_departure(now, rate, wire_len) <= now {
                 let capped = match &mut self.cap {
                     Some(lease) => lease.try_take(now, wire_len).is_err(),
@@ -937,13 +965,16 @@ impl<A: Aead> Sender<A> {
             return Some(Timestamp::ZERO);
         }
         let mut t = self.last_recv + self.cfg.data_timeout;
+        if !self.paused {
+            t = t.min(self.last_progress + self.cfg.data_timeout);
+        }
         t = t.min(self.last_send + self.cfg.keepalive_interval);
         t = t.min(self.last_silence.max(self.last_feedback) + self.silence_timeout());
         if let Some(p) = self.probe_deadline {
             t = t.min(p);
         }
         if let Some(ready) = self.next_ready().filter(|_| !self.paused) {
-            let rate = self.pacing_rate();
+            let rate = self.pacing_rate_for(ready);
             if rate > 0.0 {
                 let len = self.datagram_len(self.manifest.block(ready.block).len);
                 t = t.min(self.pacer.earliest_departure(self.last_send, rate, len));
@@ -967,6 +998,19 @@ impl<A: Aead> Sender<A> {
                 now,
                 FailureCode::DataTimeout,
                 format!("no datagram from the receiver for {secs} s"),
+            );
+            return;
+        }
+        if self.paused {
+            self.last_progress = now;
+        } else if now.saturating_since(self.last_progress) >= self.cfg.data_timeout {
+            // The receiver answers but holds nothing new: whatever wedged the flow, a
+            // failure that `--retry` resumes beats a session that hangs.
+            let secs = self.cfg.data_timeout.as_secs();
+            self.fail(
+                now,
+                FailureCode::DataTimeout,
+                format!("the receiver got no new data for {secs} s"),
             );
             return;
         }
@@ -1017,11 +1061,38 @@ mod delivery_tests {
         size: u64,
         lost: impl Fn(Timestamp) -> bool,
     ) -> Vec<Duration> {
+        let path = Path {
+            one_way,
+            limits: RateLimits::new(200_000_000, 0),
+            queue: usize::MAX,
+        };
+        session_on(policy, path, size, lost, |_| false)
+    }
+
+    /// The path of [`session_on`].
+    struct Path {
+        one_way: Duration,
+        limits: RateLimits,
+        /// Datagrams that may wait for a frozen receiver (its socket buffer); more are
+        /// dropped.
+        queue: usize,
+    }
+
+    /// As [`session`], with a receiver that does nothing at all while `frozen(now)` (a
+    /// data thread stalled in a write): datagrams wait for it, up to `path.queue`.
+    fn session_on(
+        policy: Policy,
+        path: Path,
+        size: u64,
+        lost: impl Fn(Timestamp) -> bool,
+        frozen: impl Fn(Timestamp) -> bool,
+    ) -> Vec<Duration> {
+        let one_way = path.one_way;
         let secret = [7u8; 32];
         let manifest = Manifest::new(vec![size], 8192).unwrap();
         let mut cfg = SenderConfig::new(1, Cipher::Aes128Gcm, secret, Direction::ClientToServer);
         cfg.policy = policy;
-        cfg.limits = RateLimits::new(200_000_000, 0);
+        cfg.limits = path.limits;
         let mut s: Sender = Sender::new(cfg.clone(), manifest.clone(), Timestamp::ZERO);
         let rcfg = ReceiverConfig::new(1, Cipher::Aes128Gcm, secret, Direction::ClientToServer);
         let mut r: Receiver = Receiver::new(rcfg, manifest, Timestamp::ZERO);
@@ -1038,10 +1109,22 @@ mod delivery_tests {
                     s.handle_read_done(now, slot, Ok(()));
                 }
             }
+            let frozen_now = frozen(now);
             while let Some(tx) = s.poll_transmit(now, &mut bufs) {
-                if !lost(now) {
+                if !lost(now) && (!frozen_now || to_r.len() < path.queue) {
                     to_r.push_back((now + one_way, bufs.bytes(&tx).to_vec()));
                 }
+            }
+            if frozen_now {
+                while to_s.front().is_some_and(|(t, _)| *t <= now) {
+                    let (_, mut d) = to_s.pop_front().unwrap();
+                    s.handle_datagram(now, &mut d);
+                }
+                if s.poll_timeout().is_some_and(|t| t <= now) {
+                    s.handle_timeout(now);
+                }
+                now += Duration::from_micros(100);
+                continue;
             }
             while to_r.front().is_some_and(|(t, _)| *t <= now) {
                 let (_, mut d) = to_r.pop_front().unwrap();
@@ -1091,6 +1174,108 @@ mod delivery_tests {
             (Timestamp::from_nanos(150_000_000)..Timestamp::from_nanos(900_000_000)).contains(&t)
         };
         session(Policy::Fair, Duration::from_millis(10), 64 << 20, hole);
+    }
+
+    /// The receiver answers (idle feedback, keepalives) but no data reaches it any more:
+    /// the sender does not wait forever; it fails with a data timeout, which `--retry`
+    /// resumes.
+    #[test]
+    fn a_receiver_that_answers_but_gets_nothing_new_times_out() {
+        let secret = [7u8; 32];
+        let manifest = Manifest::new(vec![64 << 20], 8192).unwrap();
+        let mut cfg = SenderConfig::new(1, Cipher::Aes128Gcm, secret, Direction::ClientToServer);
+        cfg.policy = Policy::Fair;
+        cfg.data_timeout = Duration::from_secs(2);
+        let mut s: Sender = Sender::new(cfg.clone(), manifest.clone(), Timestamp::ZERO);
+        let rcfg = ReceiverConfig::new(1, Cipher::Aes128Gcm, secret, Direction::ClientToServer);
+        let mut r: Receiver = Receiver::new(rcfg, manifest, Timestamp::ZERO);
+        let mut bufs = SlotBuffers::new(cfg.read_ahead, 8192, Cipher::Aes128Gcm.trailer_len());
+        let mut fb = vec![0u8; 2048];
+        let mut now = Timestamp::ZERO;
+        let mut failure = None;
+        while failure.is_none() && now < Timestamp::from_nanos(10_000_000_000) {
+            while let Some(ev) = s.poll_event() {
+                match ev {
+                    SenderEvent::Read { slot, .. } => s.handle_read_done(now, slot, Ok(())),
+                    SenderEvent::Failed(f) => failure = Some((now, f)),
+                    SenderEvent::Complete => {}
+                }
+            }
+            // After 50 ms only the sender's keepalives (and no data) get through.
+            let cut = now > Timestamp::from_nanos(50_000_000);
+            while let Some(tx) = s.poll_transmit(now, &mut bufs) {
+                let mut d = bufs.bytes(&tx).to_vec();
+                if !(cut && matches!(tx.buffer, TxBuffer::Slot(_)))
+                    && r.handle_datagram(now, &mut d).is_some()
+                {
+                    r.handle_write_done(now, Ok(()));
+                }
+            }
+            while let Some(len) = r.poll_transmit(now, &mut fb) {
+                s.handle_datagram(now, &mut fb[..len].to_vec());
+            }
+            if s.poll_timeout().is_some_and(|t| t <= now) {
+                s.handle_timeout(now);
+            }
+            if r.poll_timeout().is_some_and(|t| t <= now) {
+                r.handle_timeout(now);
+            }
+            now += Duration::from_micros(500);
+        }
+        let (at, f) = failure.expect("the sender gave up");
+        assert_eq!(f.code, FailureCode::DataTimeout, "{f:?}");
+        assert!(f.reason.contains("no new data"), "{f:?}");
+        assert!(at < Timestamp::from_nanos(2_200_000_000), "{at:?}");
+    }
+
+    /// The receiver's data thread stalls for `stall` (a write blocked in memory reclaim)
+    /// on a fast short path: the sender hears nothing, what it sends queues up to
+    /// `queue` datagrams (a socket buffer) and the rest is lost; the flow must pick up
+    /// again after. The queued datagrams tell the receiver of a one-way delay of seconds.
+    fn stalled_receiver(stall: Duration, queue: usize) {
+        let path = Path {
+            one_way: Duration::from_micros(25),
+            limits: RateLimits::new(100_000_000_000, 0),
+            queue,
+        };
+        let from = Timestamp::from_nanos(2_000_000);
+        let frozen = move |t: Timestamp| t >= from && t < from + stall;
+        let last = std::cell::Cell::new(Timestamp::ZERO);
+        session_on(
+            Policy::Fair,
+            path,
+            1 << 30,
+            |_| false,
+            |t| {
+                last.set(t);
+                frozen(t)
+            },
+        );
+        assert!(last.get() > from + stall, "the stall came after the end");
+    }
+
+    #[test]
+    fn a_receiver_stalled_for_a_second_is_caught_up_with() {
+        stalled_receiver(Duration::from_secs(1), 500);
+    }
+
+    #[test]
+    fn a_receiver_stalled_for_five_seconds_is_caught_up_with() {
+        stalled_receiver(Duration::from_secs(5), 500);
+    }
+
+    #[test]
+    fn a_receiver_stalled_with_an_empty_buffer_is_caught_up_with() {
+        stalled_receiver(Duration::from_secs(5), 0);
+    }
+
+    /// A small socket buffer: some datagrams reach the receiver seconds late (a queueing
+    /// delay of seconds in their one-way delay), the rest of the window is lost.
+    #[test]
+    fn a_receiver_stalled_behind_a_small_buffer_is_caught_up_with() {
+        for queue in [5, 20, 40] {
+            stalled_receiver(Duration::from_secs(5), queue);
+        }
     }
 
     #[test]

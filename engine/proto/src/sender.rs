@@ -185,6 +185,9 @@ pub struct SenderStats {
     pub first_data_at: Option<Timestamp>,
 }
 
+/// Read-ahead slots that new blocks leave free for re-sent ones.
+const RESEND_SLOTS: usize = 2;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Origin {
     New,
@@ -682,6 +685,10 @@ impl<A: Aead> Sender<A> {
     }
 
     fn schedule_reads(&mut self) {
+        // New blocks leave a few slots for re-sends: when the window is full, new blocks
+        // wait in their slots, and a tail probe with no slot to be read into would never
+        // leave, nor ever reveal the losses that would empty the window.
+        let reserve = RESEND_SLOTS.min(self.reading.len().saturating_sub(1));
         while let Some(&slot) = self.free_slots.last() {
             let (block, origin) = if let Some(b) = self.resend_order.pop_first() {
                 (b, Origin::Resend)
@@ -689,6 +696,7 @@ impl<A: Aead> Sender<A> {
                 (b, Origin::Copy)
             } else if self.next_new < self.manifest.total_blocks()
                 && self.next_new < self.cum + self.cfg.window_blocks
+                && self.free_slots.len() > reserve
             {
                 let block = self.next_new;
                 self.next_new += 1;
@@ -717,6 +725,31 @@ impl<A: Aead> Sender<A> {
             Some(w) => (self.in_flight() as f64) < w * (1.0 + self.loss_rate()),
             None => true,
         }
+    }
+
+    /// Where the flow stands, for the report of a stalled session.
+    fn stall_state(&self, now: Timestamp) -> String {
+        format!(
+            "cum {} highest {} sent {} in flight {} window {:.0} rate {:.0} B/s pacing {:.0} \
+             B/s urgent {} new {} resend {} reading {} free {} probes {} backoff {} \
+             probe in {:?} paused {}",
+            self.cum,
+            self.highest,
+            self.sent_frontier,
+            self.in_flight(),
+            self.controller.window().unwrap_or(-1.0),
+            self.controller.rate(),
+            self.pacing_rate(),
+            self.ready_urgent.len(),
+            self.ready_new.len(),
+            self.resend_order.len(),
+            self.reading.iter().filter(|r| r.is_some()).count(),
+            self.free_slots.len(),
+            self.stats.probes,
+            self.probe_backoff,
+            self.probe_deadline.map(|d| d.saturating_since(now)),
+            self.paused,
+        )
     }
 
     /// Share of sent blocks reported lost so far.
@@ -1007,10 +1040,11 @@ impl<A: Aead> Sender<A> {
             // The receiver answers but holds nothing new: whatever wedged the flow, a
             // failure that `--retry` resumes beats a session that hangs.
             let secs = self.cfg.data_timeout.as_secs();
+            let state = self.stall_state(now);
             self.fail(
                 now,
                 FailureCode::DataTimeout,
-                format!("the receiver got no new data for {secs} s"),
+                format!("the receiver got no new data for {secs} s ({state})"),
             );
             return;
         }
@@ -1065,6 +1099,7 @@ mod delivery_tests {
             one_way,
             limits: RateLimits::new(200_000_000, 0),
             queue: usize::MAX,
+            block: 8192,
         };
         session_on(policy, path, size, lost, |_| false)
     }
@@ -1076,6 +1111,8 @@ mod delivery_tests {
         /// Datagrams that may wait for a frozen receiver (its socket buffer); more are
         /// dropped.
         queue: usize,
+        /// Payload bytes per block.
+        block: u32,
     }
 
     /// As [`session`], with a receiver that does nothing at all while `frozen(now)` (a
@@ -1089,14 +1126,15 @@ mod delivery_tests {
     ) -> Vec<Duration> {
         let one_way = path.one_way;
         let secret = [7u8; 32];
-        let manifest = Manifest::new(vec![size], 8192).unwrap();
+        let manifest = Manifest::new(vec![size], path.block).unwrap();
         let mut cfg = SenderConfig::new(1, Cipher::Aes128Gcm, secret, Direction::ClientToServer);
         cfg.policy = policy;
         cfg.limits = path.limits;
         let mut s: Sender = Sender::new(cfg.clone(), manifest.clone(), Timestamp::ZERO);
         let rcfg = ReceiverConfig::new(1, Cipher::Aes128Gcm, secret, Direction::ClientToServer);
         let mut r: Receiver = Receiver::new(rcfg, manifest, Timestamp::ZERO);
-        let mut bufs = SlotBuffers::new(cfg.read_ahead, 8192, Cipher::Aes128Gcm.trailer_len());
+        let mut bufs =
+            SlotBuffers::new(cfg.read_ahead, path.block, Cipher::Aes128Gcm.trailer_len());
         let mut fb = vec![0u8; 2048];
         // Datagrams in flight each way, with their arrival times.
         let mut to_r: VecDeque<(Timestamp, Vec<u8>)> = VecDeque::new();
@@ -1237,6 +1275,7 @@ mod delivery_tests {
             one_way: Duration::from_micros(25),
             limits: RateLimits::new(100_000_000_000, 0),
             queue,
+            block: 8192,
         };
         let from = Timestamp::from_nanos(2_000_000);
         let frozen = move |t: Timestamp| t >= from && t < from + stall;
@@ -1276,6 +1315,52 @@ mod delivery_tests {
         for queue in [5, 20, 40] {
             stalled_receiver(Duration::from_secs(5), queue);
         }
+    }
+
+    /// The state a real loopback session stalled in: the window full of datagrams lost
+    /// beyond the receiver's highest block (so no NACK will come), every read-ahead slot
+    /// holding a new block that the full window keeps in, and a tail probe due. The probe
+    /// must still be read into a slot and leave, or nothing ever moves again.
+    #[test]
+    fn a_probe_finds_a_slot_when_new_blocks_wait_in_the_others() {
+        let secret = [7u8; 32];
+        let manifest = Manifest::new(vec![64 << 20], 8192).unwrap();
+        let mut cfg = SenderConfig::new(1, Cipher::Aes128Gcm, secret, Direction::ClientToServer);
+        cfg.policy = Policy::Fair;
+        cfg.limits = RateLimits::new(10_000_000_000, 0);
+        let mut s: Sender = Sender::new(cfg.clone(), manifest, Timestamp::ZERO);
+        let mut bufs = SlotBuffers::new(cfg.read_ahead, 8192, Cipher::Aes128Gcm.trailer_len());
+        let mut now = Timestamp::ZERO;
+        let mut step = |s: &mut Sender, now: Timestamp| {
+            while let Some(ev) = s.poll_event() {
+                if let SenderEvent::Read { slot, .. } = ev {
+                    s.handle_read_done(now, slot, Ok(()));
+                }
+            }
+            while s.poll_transmit(now, &mut bufs).is_some() {}
+        };
+        for _ in 0..20 {
+            step(&mut s, now);
+            now += Duration::from_micros(100);
+        }
+        assert!(s.sent_frontier > s.highest, "some blocks left");
+        // Everything sent is lost and counts in flight: the window is full.
+        s.sent_payload += 1 << 40;
+        step(&mut s, now);
+        assert!(!s.window_open());
+        assert!(s.ready_new.len() + RESEND_SLOTS >= cfg.read_ahead as usize);
+        let resent = s.stats.resent_bytes;
+        s.probe_deadline = Some(now);
+        s.handle_timeout(now);
+        for _ in 0..50 {
+            now += Duration::from_micros(100);
+            step(&mut s, now);
+        }
+        assert!(
+            s.stats.resent_bytes > resent,
+            "the probe never left: {}",
+            s.stall_state(now)
+        );
     }
 
     #[test]

@@ -644,6 +644,9 @@ struct Files {
     skipped: Vec<bool>,
     /// Receiver: files written to since their last checkpoint.
     dirty: std::collections::BTreeSet<u32>,
+    /// Receiver: files that may have a checkpoint to remove once complete (resumed ones,
+    /// and those checkpointed in this session); the others save a path lookup each.
+    checkpointed: Vec<bool>,
     /// Receiver: syncs partial files and writes their checkpoints off the data thread.
     checkpointer: Checkpointer,
     block_size: u32,
@@ -679,6 +682,9 @@ impl Files {
             .collect();
         let n = spec.files.len();
         Files {
+            checkpointed: (0..n)
+                .map(|i| plan(i).action == FileAction::Resume)
+                .collect(),
             root: spec.root.clone(),
             hashes: (0..n)
                 .map(|i| {
@@ -799,15 +805,24 @@ impl Files {
     fn open_partial(&mut self, index: u32) -> io::Result<&File> {
         if !self.open.contains_key(&index) {
             let path = self.partial(index);
-            if let Some(parent) = path.parent() {
-                fs::create_dir_all(parent)?;
-            }
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)?;
+            let open = || {
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&path)
+            };
+            // The control plane made the directories; make them here only if they went.
+            let f = match open() {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if let Some(parent) = path.parent() {
+                        fs::create_dir_all(parent)?;
+                    }
+                    open()?
+                }
+                r => r?,
+            };
             // Allocate the whole file now, in one call, rather than page by page as blocks
             // arrive; on filesystems without fallocate this only sets the length.
             ferry_io::file::preallocate(&f, self.entries[index as usize].whole_size())?;
@@ -978,6 +993,7 @@ impl Files {
                 let ckpt = self.checkpoint_of(index);
                 self.checkpointer
                     .submit(f, self.checkpoint_path(index), ckpt, !self.no_fsync)?;
+                self.checkpointed[index as usize] = true;
             }
         }
         Ok(())
@@ -995,6 +1011,7 @@ impl Files {
                 f.sync_data()?;
             }
             resume::write_checkpoint_to(&self.checkpoint_path(index), &self.checkpoint_of(index))?;
+            self.checkpointed[index as usize] = true;
         }
         Ok(())
     }
@@ -1025,7 +1042,10 @@ impl Files {
         drop(f);
         fs::rename(self.partial(index), self.path(index))?;
         self.dirty.remove(&index);
-        resume::remove_checkpoint(&self.path(index))
+        if self.checkpointed[index as usize] {
+            resume::remove_checkpoint(&self.path(index))?;
+        }
+        Ok(())
     }
 
     /// Files with nothing left to receive (empty ones, resumed ones already whole) are

@@ -16,7 +16,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -33,6 +33,7 @@ use ferry_tuning::{Controller, Policy, RateLimits, Timestamp};
 use crate::caps::HostCaps;
 use crate::checkpointer::Checkpointer;
 use crate::control::ErrorCode;
+use crate::finisher::{Finisher, Job, Then};
 use crate::integrity::{Algorithm, Digest, InOrder};
 use crate::resume::{self, FileAction, FilePlan};
 use crate::split;
@@ -323,7 +324,7 @@ const SOCKET_BUFFER: usize = 16 << 20;
 /// of its complete files before failing them.
 const DIGEST_WAIT: Duration = Duration::from_secs(15);
 /// A datagram that wakes the data thread to look at its command queue.
-const WAKE: &[u8] = b"ferry-wake";
+pub(crate) const WAKE: &[u8] = b"ferry-wake";
 
 /// Binds with `SO_REUSEPORT`, so that `ferry doctor`'s probe socket (`doctor.rs`) can share
 /// the port: connected to one client, it alone gets that client's probes (the kernel never
@@ -649,6 +650,8 @@ struct Files {
     checkpointed: Vec<bool>,
     /// Receiver: syncs partial files and writes their checkpoints off the data thread.
     checkpointer: Checkpointer,
+    /// Receiver: finishes complete files (sync, stamp, rename) off the data thread.
+    finisher: Finisher,
     block_size: u32,
     no_fsync: bool,
     /// Each file's in-order hash while it runs (`None`: no checksum, skipped, or done).
@@ -702,6 +705,7 @@ impl Files {
             skipped,
             dirty: Default::default(),
             checkpointer: Checkpointer::default(),
+            finisher: Finisher::default(),
             entries: spec.files.clone(),
             open: HashMap::new(),
             block_size: spec.block_size,
@@ -1016,34 +1020,59 @@ impl Files {
         Ok(())
     }
 
-    /// Durable, stamped, renamed: `NAME.partial` becomes `NAME` only now.
+    /// Hands a complete file to the finishing threads: durable, stamped, renamed
+    /// (`NAME.partial` becomes `NAME` only then), or for a piece, its complete checkpoint
+    /// written and the file assembled if whole. The session ends only once they are done.
     fn finish(&mut self, index: u32) -> io::Result<()> {
         // A checkpoint still being written must land before the file's is removed.
         self.checkpointer.wait_idle()?;
         self.open_partial(index)?;
-        let f = self.open.remove(&index).expect("just opened");
-        if !self.no_fsync {
-            f.sync_data()?;
-        }
-        let e = &self.entries[index as usize];
-        if e.part.is_some() {
-            // A piece: its complete checkpoint says so, and the last piece to finish
-            // renames the file.
-            self.dirty.remove(&index);
-            resume::write_checkpoint_to(&self.checkpoint_path(index), &self.checkpoint_of(index))?;
-            split::assemble(&self.path(index), e)?;
-            return Ok(());
-        }
-        let mtime = UNIX_EPOCH + Duration::new(e.mtime.0.max(0) as u64, e.mtime.1.min(999_999_999));
-        let _ = f.set_modified(mtime);
-        if e.mode != 0 {
-            let _ = f.set_permissions(fs::Permissions::from_mode(e.mode & 0o7777));
-        }
-        drop(f);
-        fs::rename(self.partial(index), self.path(index))?;
+        let file = self.open.remove(&index).expect("just opened");
         self.dirty.remove(&index);
-        if self.checkpointed[index as usize] {
-            resume::remove_checkpoint(&self.path(index))?;
+        let e = &self.entries[index as usize];
+        let path = self.path(index);
+        let (stamp, then) = if e.part.is_some() {
+            let then = Then::Piece {
+                checkpoint: self.checkpoint_path(index),
+                ckpt: self.checkpoint_of(index),
+                path,
+                entry: e.clone(),
+            };
+            (None, then)
+        } else {
+            let mtime =
+                UNIX_EPOCH + Duration::new(e.mtime.0.max(0) as u64, e.mtime.1.min(999_999_999));
+            let then = Then::Rename {
+                partial: self.partial(index),
+                path,
+                remove_checkpoint: self.checkpointed[index as usize],
+            };
+            (Some((mtime, e.mode)), then)
+        };
+        self.finisher.submit(Job {
+            index,
+            file,
+            sync: !self.no_fsync,
+            stamp,
+            then,
+        })
+    }
+
+    /// The first failure among the files finished since the last look, if any; with
+    /// `wait`, once every file handed over is finished.
+    fn finished(&mut self, wait: bool) -> io::Result<()> {
+        let done = if wait {
+            let mut d = self.finisher.poll();
+            d.extend(self.finisher.wait());
+            d
+        } else {
+            self.finisher.poll()
+        };
+        for (index, r) in done {
+            if let Err(e) = r {
+                let path = &self.entries[index as usize].path;
+                return Err(io::Error::new(e.kind(), format!("finishing {path}: {e}")));
+            }
         }
         Ok(())
     }
@@ -1569,7 +1598,10 @@ impl Session {
                         self.wire_bytes += len as u64;
                     }
                 }
-                if r.is_done() {
+                if let Err(e) = self.files.finished(false) {
+                    self.error.get_or_insert((io_code(&e), e.to_string()));
+                }
+                if r.is_done() && !self.files.finisher.busy() {
                     if self.files.awaiting.is_empty() {
                         self.finished = true;
                     } else if now >= *self.digest_deadline.get_or_insert(now + DIGEST_WAIT) {
@@ -1621,6 +1653,10 @@ impl Session {
     }
 
     fn into_report(mut self) -> (mpsc::Sender<SessionReport>, SessionReport) {
+        // Files handed over are finished (or have failed) before the session reports.
+        if let Err(e) = self.files.finished(true) {
+            self.fail(io_code(&e), e.to_string());
+        }
         // Whatever ended the session, what arrived stays resumable.
         if let Err(e) = self.files.flush_checkpoints() {
             self.fail(io_code(&e), format!("checkpointing received data: {e}"));
@@ -1794,6 +1830,17 @@ impl DataThread {
         Timestamp::from_nanos(self.epoch.elapsed().as_nanos() as u64)
     }
 
+    /// Where a datagram wakes this thread: its socket, on loopback.
+    fn wake_addr(&self) -> Option<SocketAddr> {
+        let local = self.socket.local_addr().ok()?;
+        let ip: std::net::IpAddr = if local.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        Some(SocketAddr::new(ip, local.port()))
+    }
+
     fn run(mut self) {
         let mut buf = vec![0u8; 65_536];
         loop {
@@ -1805,6 +1852,9 @@ impl DataThread {
                         match Session::new(*spec, now, report.clone(), progress) {
                             Ok(mut s) => {
                                 s.remote = Some(remote);
+                                if let Some(wake) = self.wake_addr() {
+                                    s.files.finisher.set_wake(wake);
+                                }
                                 self.sessions.insert(id, s);
                                 self.stats.ended.sessions_started += 1;
                             }
@@ -1861,7 +1911,9 @@ impl DataThread {
                 let now = self.now();
                 let datagram = &mut buf[..n];
                 if datagram.len() < wire::COMMON_HEADER_LEN {
-                    self.unknown_session += 1;
+                    if datagram != WAKE {
+                        self.unknown_session += 1;
+                    }
                     continue;
                 }
                 let id = u32::from_be_bytes(datagram[4..8].try_into().expect("4 bytes"));

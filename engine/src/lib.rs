@@ -20,6 +20,7 @@ pub mod control;
 pub mod ctl_server;
 pub mod data;
 pub mod doctor;
+mod finisher;
 pub mod integrity;
 pub mod logging;
 pub mod metrics;

@@ -551,6 +551,7 @@ fn params(o: &Options, block_size: u32, rtt: Duration) -> TransferParams {
             Algorithm::None => String::new(),
             a => a.to_string(),
         },
+        no_fsync: o.no_fsync,
     }
 }
 

@@ -121,6 +121,10 @@ pub struct TransferParams {
     /// `diff`.
     #[serde(default)]
     pub overwrite: String,
+    /// `--no-fsync`: the receiving side renames files without waiting for them to be on
+    /// disk.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_fsync: bool,
     /// End-to-end checksum of each file (`sha256`, `crc32c`); empty or `none`: none. The
     /// sending side sends a [`FileDigest`] per file ([`ClientMsg::Digest`] or
     /// [`ServerMsg::Digest`]) and the receiving side renames a file only once its own
@@ -470,6 +474,7 @@ mod tests {
                     resume_level: 2,
                     overwrite: "diff+older".into(),
                     checksum: "sha256".into(),
+                    no_fsync: true,
                 },
                 client_udp: 40000,
                 sums: Vec::new(),

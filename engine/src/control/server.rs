@@ -1146,7 +1146,7 @@ fn prepare_upload<S: SessionStarter>(
             root: dest,
             files: req.files,
             peer: None,
-            no_fsync: false,
+            no_fsync: req.params.no_fsync,
             initial_rtt: rtt_hint(&req.params),
             user: String::new(),
             ceiling_bps: None,

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -38,6 +38,7 @@ use crate::integrity::{Algorithm, Digest, InOrder};
 use crate::resume::{self, FileAction, FilePlan};
 use crate::split;
 use crate::stats::{Counters, LaneStats, Latency};
+use crate::tunnel;
 
 /// One file of a session, as both sides agree on it over the control channel.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -139,6 +140,25 @@ pub struct SessionSpec {
     /// receiver hashes what it writes and renames a file only once the sender's digest
     /// has arrived ([`DataPlane::control`]) and is equal.
     pub checksum: Algorithm,
+    /// What happens when no datagram comes over UDP: fail, or continue over TCP.
+    pub fallback: Fallback,
+}
+
+/// What a session does when no authentic datagram comes from its peer over UDP within
+/// [`UDP_START_TIMEOUT`]: fail, or continue over the TCP fallback ([`crate::tunnel`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fallback {
+    /// Fail with [`ErrorCode::UdpStart`] (`ferry --no-fallback`, and clients that do not
+    /// know the fallback).
+    #[default]
+    Off,
+    /// The client's side: publish [`SessionOp::UdpSilent`] on the session's `remote_ops`
+    /// and wait (up to [`TUNNEL_WAIT`]) for the control plane to attach a tunnel with
+    /// [`DataPlane::tunnel`]; fail as `Off` does if none comes.
+    Ask,
+    /// ferryd's side: keep waiting, as long as a client that asks for a tunnel needs to
+    /// get one attached, before failing as `Off` does.
+    Accept,
 }
 
 /// How a session ended.
@@ -205,6 +225,7 @@ enum Command {
         mpsc::Sender<SessionOp>,
     ),
     Control(u32, SessionOp, mpsc::Sender<Result<(), String>>),
+    Tunnel(u32, OwnedFd, mpsc::Sender<Result<(), String>>),
 }
 
 /// A live change to one session, from the operator (`ferryctl`).
@@ -241,6 +262,11 @@ pub enum SessionOp {
         /// The sender's digest.
         digest: Digest,
     },
+    /// No authentic datagram came from the peer over UDP within [`UDP_START_TIMEOUT`]. A
+    /// session with [`Fallback::Ask`] publishes it on its `remote_ops`; the control plane
+    /// then opens the TCP fallback with the peer and attaches it ([`DataPlane::tunnel`]).
+    /// Not an operator's change: [`DataPlane::control`] refuses it.
+    UdpSilent,
 }
 
 /// What `ferryctl sessions` shows of one session.
@@ -316,8 +342,11 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(100);
 /// How often it publishes [`DataPlane::lane_stats`].
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
-/// How long a session waits for the first authentic datagram from its peer.
-const UDP_START_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a session waits for the first authentic datagram from its peer (over UDP, then
+/// again over the TCP fallback once attached).
+pub const UDP_START_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a session that asked for the TCP fallback waits for it to be attached.
+pub const TUNNEL_WAIT: Duration = Duration::from_secs(10);
 /// Socket buffers: bursts at 10 Gbit/s and more need megabytes.
 const SOCKET_BUFFER: usize = 16 << 20;
 /// How long a receiving session that holds every block waits for the sender's checksums
@@ -500,6 +529,25 @@ impl DataPlane {
             .map_err(|_| "the data plane did not answer".to_string())?
     }
 
+    /// Moves session `id` onto the TCP fallback: from now on it sends and receives its
+    /// datagrams through `fd`, one end of a [`tunnel::pair`] whose other end
+    /// [`tunnel::pump`] connects to the peer. Datagrams that still come over UDP are taken
+    /// too.
+    pub fn tunnel(&self, id: u32, fd: OwnedFd) -> Result<(), String> {
+        let lane = self
+            .placement
+            .lock()
+            .ok()
+            .and_then(|p| p.get(&id).map(|&(lane, _)| lane))
+            .ok_or_else(|| format!("no session {id}"))?;
+        let (tx, rx) = mpsc::channel();
+        self.lanes[lane]
+            .send(Command::Tunnel(id, fd, tx))
+            .map_err(|_| "the data plane has stopped".to_string())?;
+        rx.recv_timeout(Duration::from_secs(2))
+            .map_err(|_| "the data plane did not answer".to_string())?
+    }
+
     /// Ends every session at once (receiving ones checkpoint what they have) and waits up
     /// to `wait` for the lanes to finish with them: ferryd's orderly shutdown.
     pub fn abandon_all(&self, wait: Duration) {
@@ -599,25 +647,34 @@ fn set_buffers(socket: &UdpSocket, bytes: usize) {
     }
 }
 
-/// Waits until `socket` is readable or `timeout` passes, with nanosecond precision
-/// (`ppoll`): pacing at gigabits per second needs waits of tens of microseconds.
-fn wait_readable(socket: &UdpSocket, timeout: Duration) {
+/// Waits until one of `fds` (the lane's socket, the sessions' tunnels) is readable or
+/// `timeout` passes, with nanosecond precision (`ppoll`): pacing at gigabits per second
+/// needs waits of tens of microseconds.
+fn wait_readable(fds: &[RawFd], timeout: Duration) {
     if timeout < Duration::from_micros(20) {
         return;
     }
-    let mut pfd = libc::pollfd {
-        fd: socket.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
     let ts = libc::timespec {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
     };
-    // SAFETY: one valid pollfd and timespec; a failed or interrupted poll only ends the
-    // wait early.
+    // SAFETY: valid pollfds and timespec; a failed or interrupted poll only ends the wait
+    // early.
     unsafe {
-        libc::ppoll(&mut pfd, 1, &ts, std::ptr::null());
+        libc::ppoll(
+            pfds.as_mut_ptr(),
+            pfds.len() as libc::nfds_t,
+            &ts,
+            std::ptr::null(),
+        );
     }
 }
 
@@ -1150,6 +1207,21 @@ struct Session {
     /// Receiving: the protocol is done, but complete files still wait for the sender's
     /// checksums; they are failed at this time.
     digest_deadline: Option<Timestamp>,
+    /// What happens when UDP stays silent.
+    fallback: Fallback,
+    /// The TCP fallback, once attached: every datagram goes this way from then on.
+    tunnel: Option<OwnedFd>,
+    /// The fallback was asked for ([`SessionOp::UdpSilent`] published) or attached.
+    asked: bool,
+    /// Until the first authentic datagram: when the silence becomes a failure.
+    start_deadline: Timestamp,
+}
+
+/// Where a session's datagrams go.
+#[derive(Clone, Copy)]
+enum Out {
+    Udp(SocketAddr),
+    Tunnel(RawFd),
 }
 
 /// `limits` bounded by a host cap's `ceiling`.
@@ -1226,6 +1298,12 @@ impl Session {
                     ReceiverConfig::new(spec.session, spec.cipher, spec.secret, spec.direction);
                 cfg.max_datagram = 1472;
                 cfg.initial_rtt = spec.initial_rtt;
+                if spec.fallback == Fallback::Accept {
+                    // UDP that passes only towards us can bring every block before the
+                    // client, which hears nothing back, asks for the TCP fallback: stay
+                    // until then, so that its sender learns over TCP that it is done.
+                    cfg.linger = cfg.linger.max(UDP_START_TIMEOUT + TUNNEL_WAIT);
+                }
                 let receiver = Receiver::new_resuming(cfg, manifest, held, now);
                 Machine::Recv(Box::new(receiver), vec![0; 2048])
             }
@@ -1253,6 +1331,17 @@ impl Session {
             wire_bytes: 0,
             next_checkpoint: now + CHECKPOINT_INTERVAL,
             digest_deadline: None,
+            fallback: spec.fallback,
+            tunnel: None,
+            asked: false,
+            start_deadline: now
+                + match spec.fallback {
+                    Fallback::Off => UDP_START_TIMEOUT,
+                    Fallback::Ask => UDP_START_TIMEOUT + TUNNEL_WAIT,
+                    // The client asks after its own timeout, then opens a channel: give
+                    // it that and a few seconds more.
+                    Fallback::Accept => UDP_START_TIMEOUT + TUNNEL_WAIT + Duration::from_secs(5),
+                },
         })
     }
 
@@ -1263,6 +1352,9 @@ impl Session {
     }
 
     fn apply(&mut self, now: Timestamp, op: SessionOp) -> Result<(), String> {
+        if op == SessionOp::UdpSilent {
+            return Err("UdpSilent is the data plane's to report, not a change".into());
+        }
         if op == SessionOp::Abandon {
             self.abandon(now);
             return Ok(());
@@ -1337,7 +1429,9 @@ impl Session {
                 s.cancel(now);
                 self.fail(ErrorCode::PeerAborted, "cancelled by the operator".into());
             }
-            SessionOp::Abandon | SessionOp::Digest { .. } => unreachable!("handled above"),
+            SessionOp::Abandon | SessionOp::Digest { .. } | SessionOp::UdpSilent => {
+                unreachable!("handled above")
+            }
         }
         Ok(())
     }
@@ -1440,10 +1534,29 @@ impl Session {
         }
     }
 
+    /// Moves the session onto the TCP fallback (see [`DataPlane::tunnel`]). A session
+    /// that has not heard its peer yet gets [`UDP_START_TIMEOUT`] again, for the tunnel.
+    fn attach(&mut self, now: Timestamp, fd: OwnedFd) {
+        self.tunnel = Some(fd);
+        self.asked = true;
+        if !self.heard {
+            self.start_deadline = now + UDP_START_TIMEOUT;
+        }
+    }
+
+    /// Where datagrams go now: the tunnel once attached, else the peer's UDP address.
+    fn out(&self) -> Option<Out> {
+        match &self.tunnel {
+            Some(fd) => Some(Out::Tunnel(fd.as_raw_fd())),
+            None => self.peer.map(Out::Udp),
+        }
+    }
+
+    /// A datagram from the peer: `from` is its UDP address, `None` through the tunnel.
     fn handle_datagram(
         &mut self,
         now: Timestamp,
-        from: SocketAddr,
+        from: Option<SocketAddr>,
         datagram: &mut [u8],
         stats: &mut LaneStats,
     ) {
@@ -1471,7 +1584,9 @@ impl Session {
             return;
         }
         // Authentic: this is where the peer is (learned, or moved).
-        self.peer = Some(from);
+        if let Some(from) = from {
+            self.peer = Some(from);
+        }
         if !self.heard {
             self.heard = true;
             self.progress.started.store(true, Ordering::Relaxed);
@@ -1506,6 +1621,7 @@ impl Session {
 
     /// Lets the machine do everything it can at `now`: disk reads, datagrams out.
     fn drive(&mut self, now: Timestamp, socket: &UdpSocket, stats: &mut LaneStats) {
+        let out = self.out();
         match &mut self.machine {
             Machine::Send(s, bufs) => {
                 loop {
@@ -1541,7 +1657,7 @@ impl Session {
                             }
                         }
                     }
-                    let Some(peer) = self.peer else { break };
+                    let Some(out) = out else { break };
                     let Some(tx) = s.poll_transmit(now, bufs) else {
                         break;
                     };
@@ -1549,7 +1665,7 @@ impl Session {
                     if matches!(tx.buffer, TxBuffer::Slot(_)) {
                         self.first_data.get_or_insert(now);
                     }
-                    send(socket, bytes, peer);
+                    send(socket, bytes, out);
                     self.wire_bytes += tx.len as u64;
                 }
                 if let Some(remote) = &self.remote {
@@ -1585,16 +1701,16 @@ impl Session {
                 if self.error.is_some() && !self.closed {
                     // Tell the sender at once, rather than leave it to time out.
                     self.closed = true;
-                    if let (Some(peer), Some(len)) =
-                        (self.peer, r.close(now, FailureCode::WriteFailed, buf))
+                    if let (Some(out), Some(len)) =
+                        (out, r.close(now, FailureCode::WriteFailed, buf))
                     {
-                        send(socket, &buf[..len], peer);
+                        send(socket, &buf[..len], out);
                     }
                     self.finished = true;
                 }
-                if let Some(peer) = self.peer {
+                if let Some(out) = out {
                     while let Some(len) = r.poll_transmit(now, buf) {
-                        send(socket, &buf[..len], peer);
+                        send(socket, &buf[..len], out);
                         self.wire_bytes += len as u64;
                     }
                 }
@@ -1611,16 +1727,35 @@ impl Session {
                 }
             }
         }
-        if !self.heard && now.saturating_since(self.started) > UDP_START_TIMEOUT {
-            let port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
-            self.fail(
-                ErrorCode::UdpStart,
-                format!(
-                    "no UDP datagram from the peer within {} s (local UDP port {port}): \
-                     is UDP blocked in either direction?",
-                    UDP_START_TIMEOUT.as_secs()
+        if self.heard {
+            return;
+        }
+        let silent = now.saturating_since(self.started) >= UDP_START_TIMEOUT;
+        if silent && self.fallback == Fallback::Ask && !self.asked {
+            self.asked = true;
+            if let Some(remote) = &self.remote {
+                let _ = remote.send(SessionOp::UdpSilent);
+            }
+        }
+        if now >= self.start_deadline {
+            let local = socket.local_addr().map(|a| a.port()).unwrap_or(0);
+            let secs = UDP_START_TIMEOUT.as_secs();
+            let message = match (&self.tunnel, self.peer) {
+                (Some(_), _) => format!(
+                    "no datagram from the peer within {secs} s over UDP nor over the TCP \
+                     fallback through SSH"
                 ),
-            );
+                (None, Some(peer)) => format!(
+                    "no UDP datagram passed between this host (UDP port {local}) and {peer} \
+                     within {secs} s: UDP port {} is blocked in one direction or both",
+                    peer.port()
+                ),
+                (None, None) => format!(
+                    "no UDP datagram from the peer within {secs} s on UDP port {local}: is \
+                     it blocked in either direction?"
+                ),
+            };
+            self.fail(ErrorCode::UdpStart, message);
             self.finished = true;
         }
     }
@@ -1637,11 +1772,14 @@ impl Session {
             t = Some(t.map_or(d, |t| t.min(d)));
         }
         if self.heard {
-            t
-        } else {
-            let start = self.started + UDP_START_TIMEOUT + Duration::from_millis(1);
-            Some(t.map_or(start, |t| t.min(start)))
+            return t;
         }
+        let mut start = self.start_deadline;
+        if self.fallback == Fallback::Ask && !self.asked {
+            start = start.min(self.started + UDP_START_TIMEOUT);
+        }
+        let start = start + Duration::from_millis(1);
+        Some(t.map_or(start, |t| t.min(start)))
     }
 
     fn handle_timeout(&mut self, now: Timestamp) {
@@ -1709,7 +1847,11 @@ impl Session {
     }
 }
 
-fn send(socket: &UdpSocket, bytes: &[u8], peer: SocketAddr) {
+fn send(socket: &UdpSocket, bytes: &[u8], out: Out) {
+    let peer = match out {
+        Out::Udp(peer) => peer,
+        Out::Tunnel(fd) => return send_tunnel(fd, bytes),
+    };
     loop {
         match socket.send_to(bytes, peer) {
             Ok(_) => return,
@@ -1729,6 +1871,31 @@ fn send(socket: &UdpSocket, bytes: &[u8], peer: SocketAddr) {
             // ICMP errors (port unreachable) and the like: the datagram is lost, the
             // protocol recovers or times out.
             Err(_) => return,
+        }
+    }
+}
+
+/// Sends through the TCP fallback. A full tunnel (TCP slower than the pacing) gets a
+/// moment to drain, then the datagram is dropped like one lost on the wire, so that the
+/// lane's other sessions are not held up; the queue before it is what the delay-based
+/// controllers feel.
+fn send_tunnel(fd: RawFd, bytes: &[u8]) {
+    for _ in 0..2 {
+        match tunnel::send(&fd, bytes) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut pfd = libc::pollfd {
+                    fd,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                unsafe {
+                    libc::poll(&mut pfd, 1, 5);
+                }
+            }
+            // Sent, or the tunnel is gone (the session ends by its control channel or
+            // its data timeout).
+            _ => return,
         }
     }
 }
@@ -1864,6 +2031,17 @@ impl DataThread {
                             }
                         }
                     }
+                    Ok(Command::Tunnel(id, fd, reply)) => {
+                        let now = self.now();
+                        let result = match self.sessions.get_mut(&id) {
+                            Some(s) => {
+                                s.attach(now, fd);
+                                Ok(())
+                            }
+                            None => Err(format!("no session {id}")),
+                        };
+                        let _ = reply.send(result);
+                    }
                     Ok(Command::Control(id, op, reply)) => {
                         let now = self.now();
                         let result = match self.sessions.get_mut(&id) {
@@ -1899,7 +2077,14 @@ impl DataThread {
             };
             if !wait.is_zero() {
                 let t = Instant::now();
-                wait_readable(&self.socket, wait.min(Duration::from_millis(200)));
+                let fds: Vec<RawFd> = std::iter::once(self.socket.as_raw_fd())
+                    .chain(
+                        self.sessions
+                            .values()
+                            .filter_map(|s| s.tunnel.as_ref().map(|fd| fd.as_raw_fd())),
+                    )
+                    .collect();
+                wait_readable(&fds, wait.min(Duration::from_millis(200)));
                 self.slept += t.elapsed();
             }
             // Take in what arrived, a bounded batch at a time so sending is not starved.
@@ -1918,14 +2103,46 @@ impl DataThread {
                 }
                 let id = u32::from_be_bytes(datagram[4..8].try_into().expect("4 bytes"));
                 match self.sessions.get_mut(&id) {
-                    Some(s) => s.handle_datagram(now, from, datagram, &mut self.stats),
+                    Some(s) => s.handle_datagram(now, Some(from), datagram, &mut self.stats),
                     None => self.unknown_session += 1,
                 }
             }
+            self.receive_tunnels(&mut buf);
             let now = self.now();
             for s in self.sessions.values_mut() {
                 if s.poll_timeout().is_some_and(|t| t <= now) {
                     s.handle_timeout(now);
+                }
+            }
+        }
+    }
+
+    /// Takes in what the sessions' tunnels carried, a bounded batch each.
+    fn receive_tunnels(&mut self, buf: &mut [u8]) {
+        for s in self.sessions.values_mut() {
+            let Some(fd) = s.tunnel.as_ref().map(|fd| fd.as_raw_fd()) else {
+                continue;
+            };
+            for _ in 0..256 {
+                let n = match tunnel::recv(&fd, buf) {
+                    Ok(0) => {
+                        // The channel closed (the peer's session ended, or the control
+                        // connection went): nothing more comes this way, and the session
+                        // ends by its control channel or its data timeout.
+                        s.tunnel = None;
+                        break;
+                    }
+                    Ok(n) => n,
+                    Err(_) => break,
+                };
+                let now = Timestamp::from_nanos(self.epoch.elapsed().as_nanos() as u64);
+                let datagram = &mut buf[..n];
+                let ours = datagram.len() >= wire::COMMON_HEADER_LEN
+                    && datagram[4..8] == s.id.to_be_bytes();
+                if ours {
+                    s.handle_datagram(now, None, datagram, &mut self.stats);
+                } else {
+                    self.unknown_session += 1;
                 }
             }
         }
@@ -2009,6 +2226,7 @@ mod tests {
             plans: Vec::new(),
             transfer: None,
             checksum: Algorithm::None,
+            fallback: Fallback::Off,
         }
     }
 

@@ -11,6 +11,8 @@
 //! - [`doctor`]: `ferry doctor`'s checks, and ferryd's side of its UDP probe.
 //! - [`integrity`]: end-to-end file checksums (`--checksum`), hashed in file order as data
 //!   passes by.
+//! - [`tunnel`]: the TCP fallback, a session's datagrams through an SSH channel when UDP
+//!   does not pass.
 #![warn(missing_docs)]
 
 pub mod caps;
@@ -31,3 +33,4 @@ pub mod split;
 pub mod stats;
 pub mod sums;
 pub mod translog;
+pub mod tunnel;

@@ -345,6 +345,7 @@ fn a_digest_that_differs_keeps_the_partial_and_fails_with_38() {
         plans: Vec::new(),
         checksum: Algorithm::Sha256,
         transfer: None,
+        fallback: Default::default(),
     };
     let receiving = rx_plane.start_session(spec(Role::Receiver, &dst, None));
     let sending = tx_plane.start_session(spec(Role::Sender, &src, Some(rx_plane.local_addr())));

@@ -179,6 +179,11 @@ struct Options {
     /// with "offset" and "file_size" besides.
     #[arg(long, value_name = "PATH")]
     manifest: Option<PathBuf>,
+    /// When no datagram passes over UDP within 5 s, fail with code 20 (udp_start, naming
+    /// the port) instead of continuing over TCP through the SSH connection; that failure
+    /// is not retried (a firewall does not open by itself).
+    #[arg(long)]
+    no_fallback: bool,
 }
 
 fn parse_checksum(s: &str) -> Result<Algorithm, String> {
@@ -352,6 +357,11 @@ fn with_retries(
             Err(e) => e,
         };
         if INTERRUPTED.load(Ordering::Relaxed) {
+            return Err(err);
+        }
+        // With --no-fallback, UDP that does not start while SSH works is a firewall: the
+        // person asked to know at once, and 30 s later it is still there.
+        if o.no_fallback && err.0 == ErrorCode::UdpStart {
             return Err(err);
         }
         let Some((again, wait)) = attempts.after_failure(err.0, &err.1) else {
@@ -552,6 +562,16 @@ fn params(o: &Options, block_size: u32, rtt: Duration) -> TransferParams {
             a => a.to_string(),
         },
         no_fsync: o.no_fsync,
+        fallback: !o.no_fallback,
+    }
+}
+
+/// What a session of this run does when UDP stays silent.
+fn fallback(o: &Options) -> data::Fallback {
+    if o.no_fallback {
+        data::Fallback::Off
+    } else {
+        data::Fallback::Ask
     }
 }
 
@@ -1122,23 +1142,35 @@ fn upload_session(
         plans: plans.clone(),
         transfer: tracker.tag(),
         checksum: o.checksum(),
+        fallback: fallback(o),
     };
-    let (report, began, ended) = run_session(&plane, &mut control, spec, slot, tracker)?;
+    let (mut report, began, ended) =
+        run_session(&plane, &mut control, spec, slot, tracker, o.json)?;
     // A failure seen here (a source that vanished) is more specific than the server's view
     // of it (the sender closed the session), unless all we saw is that the server ended
     // the session: then its reason (disk full) is the one to show.
-    if let Some(err) = report.error {
-        if err.0 == ErrorCode::PeerAborted
+    // UDP silent on the way back only, and no fallback: the server may still hold every
+    // byte; its word decides then too.
+    let mut early_done = None;
+    if let Some(err) = report.error.take() {
+        if matches!(err.0, ErrorCode::PeerAborted | ErrorCode::UdpStart)
             && let Ok(done) = control.wait_done(Some(Duration::from_secs(5)))
-            && let Some(server) = done.error()
         {
-            return Err(server.into());
+            match done.error() {
+                Some(server) if err.0 == ErrorCode::PeerAborted => return Err(server.into()),
+                None if err.0 == ErrorCode::UdpStart => early_done = Some(done),
+                _ => return Err(err.into()),
+            }
+        } else {
+            return Err(err.into());
         }
-        return Err(err.into());
     }
     // Otherwise the server's word decides: its files are renamed only once complete,
     // durable and (with a checksum) verified.
-    let done = control.wait_done(Some(Duration::from_secs(120)))?;
+    let done = match early_done {
+        Some(d) => d,
+        None => control.wait_done(Some(Duration::from_secs(120)))?,
+    };
     let mut mismatch = None;
     if let Some(err) = done.error() {
         if err.0 != ErrorCode::ChecksumMismatch || done.mismatched.is_empty() {
@@ -1308,11 +1340,12 @@ fn download(
         plans: plans.clone(),
         transfer: None,
         checksum: o.checksum(),
+        fallback: fallback(o),
     };
     let tracker = Tracker::new(vec![manifest.files.iter().map(|f| f.size).sum()]);
     let (report, _, _) = std::thread::scope(|scope| {
         scope.spawn(|| tracker.watch(o.json));
-        let r = run_session(&plane, &mut control, spec, 0, &tracker);
+        let r = run_session(&plane, &mut control, spec, 0, &tracker, o.json);
         tracker.ended(0, r.is_err());
         r
     })?;
@@ -1577,8 +1610,10 @@ fn run_session(
     spec: SessionSpec,
     slot: usize,
     tracker: &Tracker,
+    json: bool,
 ) -> Result<(SessionReport, Instant, Instant), Failure> {
     let id = spec.session;
+    let server_udp = spec.peer;
     let handle = plane.start_session(spec);
     tracker.started(slot, handle.progress.clone());
     loop {
@@ -1587,7 +1622,11 @@ fn run_session(
         // This side's sender hashes each file as it reads it: its checksums go to the
         // server's receiver (upload).
         while let Ok(op) = handle.remote_ops.try_recv() {
-            relay_digest(control, op);
+            if op == data::SessionOp::UdpSilent {
+                fall_back(plane, control, id, server_udp, json);
+            } else {
+                relay_digest(control, op);
+            }
         }
         if let Some(live) = control.poll_live(Duration::from_millis(20)) {
             let steer = match live {
@@ -1669,6 +1708,49 @@ fn run_session(
                 "interrupted by a signal; incomplete files are kept as NAME.partial".into(),
             ));
         }
+    }
+}
+
+/// UDP stayed silent: moves session `id` onto the TCP fallback (a channel of the SSH
+/// connection) and says so, one line (a `fallback` event with `--json`). If the fallback
+/// cannot be opened, the session fails by itself with the UDP error soon after.
+fn fall_back(
+    plane: &DataPlane,
+    control: &mut Control,
+    id: u32,
+    server_udp: Option<SocketAddr>,
+    json: bool,
+) {
+    let secs = data::UDP_START_TIMEOUT.as_secs();
+    let (path, port) = match server_udp {
+        Some(a) => (a.to_string(), a.port().to_string()),
+        None => ("the server".to_string(), "?".to_string()),
+    };
+    let attached = control
+        .open_tunnel(id)
+        .map_err(|(_, e)| e)
+        .and_then(|fd| plane.tunnel(id, fd));
+    if let Err(e) = attached {
+        eprintln!("ferry: UDP is silent and the TCP fallback could not be opened: {e}");
+        return;
+    }
+    let reason = format!(
+        "no UDP datagram passed to or from {path} within {secs} s (UDP port {port} blocked?)"
+    );
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "event": "fallback", "transport": "tcp", "via": "ssh", "session": id,
+                "udp": path, "reason": reason,
+            })
+        );
+        let _ = std::io::stdout().flush();
+    } else {
+        eprintln!(
+            "ferry: {reason}; continuing over TCP through the SSH connection (slower: allow \
+             UDP port {port} both ways for full speed; --no-fallback fails instead)"
+        );
     }
 }
 

@@ -3,6 +3,7 @@
 //! [`Control`] owns a one-worker tokio runtime: the SSH session keeps running on that thread
 //! (answering keepalives) while the caller's thread drives the data plane.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,7 +18,7 @@ use super::known_hosts::{self, HostKeyStatus};
 use super::messages::{
     ClientMsg, Done, DownloadRequest, FileDigest, FilePlan, LineBuffer, Manifest, Offer,
     PROTOCOL_VERSION, Plans, ProbeReady, ProbeRequest, ProbeResult, Ready, ServerMsg, Steer,
-    UploadRequest, encode_line,
+    TunnelRequest, UploadRequest, encode_line,
 };
 use super::{ControlError, ErrorCode, SUBSYSTEM};
 
@@ -323,6 +324,38 @@ impl Control {
         })
     }
 
+    /// Opens the TCP fallback for `session` (started on this connection): a second
+    /// channel of this SSH connection that carries the session's datagrams, moved by a
+    /// task on this connection's runtime. Returns the data thread's end of the socket
+    /// pair, for [`crate::data::DataPlane::tunnel`].
+    pub fn open_tunnel(&mut self, session: u32) -> Result<OwnedFd, ControlError> {
+        let (ours, theirs) = crate::tunnel::pair().map_err(|e| {
+            (
+                ErrorCode::Internal,
+                format!("cannot make a socket pair for the TCP fallback: {e}"),
+            )
+        })?;
+        let handle = &self.inner.session;
+        let opened = self.rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), open_tunnel(handle, session)).await
+        });
+        let (channel, early) = match opened {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err((
+                    ErrorCode::PeerAborted,
+                    "ferryd did not open the TCP fallback within 10 s".into(),
+                ));
+            }
+        };
+        self.rt.spawn(async move {
+            if let Err(e) = crate::tunnel::pump(channel, theirs, early).await {
+                tracing::debug!("TCP fallback of session {session} ended: {e}");
+            }
+        });
+        Ok(ours)
+    }
+
     /// Closes the channel and the connection politely.
     pub fn close(self) {
         let Control { rt, inner, .. } = self;
@@ -349,6 +382,7 @@ fn unexpected(msg: &ServerMsg) -> ControlError {
         ServerMsg::Error(_) => "error",
         ServerMsg::ProbeReady(_) => "probe_ready",
         ServerMsg::ProbeResult(_) => "probe_result",
+        ServerMsg::Tunnel(_) => "tunnel",
     };
     (
         ErrorCode::Protocol,
@@ -407,6 +441,64 @@ impl Inner {
                 }
                 Some(_) => {}
             }
+        }
+    }
+}
+
+/// A fallback channel for `session`, accepted: the channel and the stream bytes that came
+/// behind the server's answer.
+async fn open_tunnel(
+    session: &client::Handle<ClientHandler>,
+    id: u32,
+) -> Result<(Channel<client::Msg>, Vec<u8>), ControlError> {
+    let mut channel = session
+        .channel_open_session()
+        .await
+        .map_err(|e| lost(&e.to_string()))?;
+    channel
+        .request_subsystem(true, SUBSYSTEM)
+        .await
+        .map_err(|e| lost(&e.to_string()))?;
+    let mut hello = encode_line(&ClientMsg::Hello {
+        version: PROTOCOL_VERSION,
+    });
+    hello.extend(encode_line(&ClientMsg::Tunnel(TunnelRequest {
+        session: id,
+    })));
+    channel
+        .data_bytes(hello)
+        .await
+        .map_err(|e| lost(&e.to_string()))?;
+    let mut lines = LineBuffer::default();
+    loop {
+        while let Some(line) = lines.next_line() {
+            let msg: ServerMsg = serde_json::from_slice(&line).map_err(|e| {
+                (
+                    ErrorCode::Protocol,
+                    format!("malformed message from ferryd: {e}"),
+                )
+            })?;
+            match msg {
+                ServerMsg::Hello { .. } => {}
+                ServerMsg::Tunnel(t) if t.session == id => return Ok((channel, lines.take_rest())),
+                ServerMsg::Error(e) => return Err(e.to_error()),
+                other => return Err(unexpected(&other)),
+            }
+        }
+        match channel.wait().await {
+            Some(ChannelMsg::Data { data }) => {
+                lines.push(&data).map_err(|e| (ErrorCode::Protocol, e))?
+            }
+            Some(ChannelMsg::Failure) => {
+                return Err((
+                    ErrorCode::Protocol,
+                    "ferryd refused the TCP fallback channel".into(),
+                ));
+            }
+            Some(ChannelMsg::Close | ChannelMsg::Eof) | None => {
+                return Err(lost("ferryd closed the TCP fallback channel"));
+            }
+            Some(_) => {}
         }
     }
 }

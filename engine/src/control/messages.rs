@@ -44,6 +44,18 @@ pub enum ClientMsg {
     Probe(ProbeRequest),
     /// During an upload: the client's sender has hashed a whole file.
     Digest(FileDigest),
+    /// The TCP fallback: on a second channel of the same SSH connection, instead of a
+    /// transfer, carry the datagrams of a running session of this connection. The server
+    /// answers [`ServerMsg::Tunnel`]; from then on the channel carries datagrams, each
+    /// framed by a 2-byte big-endian length, both ways (see `crate::tunnel`).
+    Tunnel(TunnelRequest),
+}
+
+/// Which session a fallback channel carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TunnelRequest {
+    /// A session started on another channel of this SSH connection.
+    pub session: u32,
 }
 
 /// `ferry doctor`'s UDP probe: which datagrams pass between the client's `client_udp`
@@ -131,6 +143,11 @@ pub struct TransferParams {
     /// digest is equal.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub checksum: String,
+    /// The client continues over the TCP fallback ([`ClientMsg::Tunnel`]) when no
+    /// datagram passes over UDP: the server's session waits for it instead of failing
+    /// after the UDP start timeout. Absent (older clients): it fails.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fallback: bool,
 }
 
 /// An upload: the client sends `files` into the directory `dest`.
@@ -222,6 +239,8 @@ pub enum ServerMsg {
     ProbeReady(ProbeReady),
     /// `ferry doctor`: the probes the server received.
     ProbeResult(ProbeResult),
+    /// The fallback channel is attached to the session: datagram frames follow.
+    Tunnel(TunnelRequest),
 }
 
 /// The server's answer to an upload.
@@ -396,6 +415,12 @@ impl LineBuffer {
         Ok(())
     }
 
+    /// Whatever follows the last line taken (the start of a byte stream that follows the
+    /// control lines on a fallback channel).
+    pub fn take_rest(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
     /// The next complete line, without its `\n`.
     pub fn next_line(&mut self) -> Option<Vec<u8>> {
         let i = self.buf.iter().position(|&b| b == b'\n')?;
@@ -475,6 +500,7 @@ mod tests {
                     overwrite: "diff+older".into(),
                     checksum: "sha256".into(),
                     no_fsync: true,
+                    fallback: true,
                 },
                 client_udp: 40000,
                 sums: Vec::new(),
@@ -496,6 +522,7 @@ mod tests {
                     },
                 ],
             }),
+            ClientMsg::Tunnel(TunnelRequest { session: 7 }),
         ];
         for m in msgs {
             let line = encode_line(&m);

@@ -8,9 +8,10 @@ use std::collections::{BTreeSet, HashSet};
 use std::fs;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -25,13 +26,13 @@ use super::authorized_keys;
 use super::claims::Claims;
 use super::messages::{
     ClientMsg, Done, DownloadRequest, ErrorMsg, FileDigest, FilePlan, FileSums, LineBuffer,
-    Manifest, Offer, PROTOCOL_VERSION, Ready, ServerMsg, TransferParams, UploadRequest,
-    encode_line, is_transfer_tag, to_hex,
+    Manifest, Offer, PROTOCOL_VERSION, Ready, ServerMsg, TransferParams, TunnelRequest,
+    UploadRequest, encode_line, is_transfer_tag, to_hex,
 };
 use super::{ErrorCode, SUBSYSTEM};
 use crate::config::FerrydConfig;
 use crate::data::{
-    DataPlane, FileEntry, Role, SessionHandle, SessionOp, SessionReport, SessionSpec,
+    DataPlane, Fallback, FileEntry, Role, SessionHandle, SessionOp, SessionReport, SessionSpec,
 };
 use crate::integrity::Algorithm;
 use crate::paths::{Docroot, PathError, validate_relative};
@@ -67,6 +68,11 @@ pub trait SessionStarter: Send + Sync + 'static {
     fn abandon(&self, _session: u32) {}
     /// Hands a session a change from its peer (a file's checksum, for a receiving session).
     fn relay(&self, _session: u32, _op: SessionOp) {}
+    /// Moves a session onto the TCP fallback: `fd` is the data thread's end of a
+    /// [`crate::tunnel::pair`].
+    fn tunnel(&self, _session: u32, _fd: OwnedFd) -> Result<(), String> {
+        Err("this data plane has no TCP fallback".into())
+    }
 }
 
 impl SessionStarter for DataPlane {
@@ -80,6 +86,10 @@ impl SessionStarter for DataPlane {
 
     fn relay(&self, session: u32, op: SessionOp) {
         let _ = self.control(session, op);
+    }
+
+    fn tunnel(&self, session: u32, fd: OwnedFd) -> Result<(), String> {
+        DataPlane::tunnel(self, session, fd)
     }
 
     fn udp_port(&self) -> u16 {
@@ -243,6 +253,7 @@ async fn accept_loop<S: SessionStarter>(
                         shared: shared.clone(),
                         peer,
                         user: None,
+                        sessions: Default::default(),
                     };
                     let ssh = ssh.clone();
                     let mut stop = shared.stop.clone();
@@ -315,6 +326,9 @@ struct ConnHandler<S> {
     shared: Arc<Shared<S>>,
     peer: SocketAddr,
     user: Option<String>,
+    /// The sessions started on this connection's channels: only they may be given a TCP
+    /// fallback channel, and only on this connection.
+    sessions: Arc<Mutex<HashSet<u32>>>,
 }
 
 impl<S: SessionStarter> ConnHandler<S> {
@@ -399,6 +413,7 @@ impl<S: SessionStarter> russh::server::Handler for ConnHandler<S> {
             shared: self.shared.clone(),
             peer: self.peer,
             user,
+            sessions: self.sessions.clone(),
         };
         tokio::spawn(run_channel(channel, ctx));
         Ok(())
@@ -440,6 +455,8 @@ struct ChannelCtx<S> {
     shared: Arc<Shared<S>>,
     peer: SocketAddr,
     user: String,
+    /// The connection's sessions (see [`ConnHandler`]).
+    sessions: Arc<Mutex<HashSet<u32>>>,
 }
 
 async fn send(channel: &Channel<Msg>, msg: &ServerMsg) -> bool {
@@ -491,6 +508,9 @@ async fn run_channel<S: SessionStarter>(mut channel: Channel<Msg>, ctx: ChannelC
                         let at = ctx.shared.starter.udp_addr();
                         let ok = crate::doctor::answer_probe(&channel, ctx.peer, at, req).await;
                         return finish(&channel, ok).await;
+                    }
+                    ClientMsg::Tunnel(req) => {
+                        return handle_tunnel(&ctx, req, channel, lines).await;
                     }
                     ClientMsg::Plans(_) | ClientMsg::Digest(_) => {
                         let err = ErrorMsg::new(
@@ -561,6 +581,9 @@ async fn run_channel<S: SessionStarter>(mut channel: Channel<Msg>, ctx: ChannelC
         return finish(&channel, false).await;
     }
     ctx.shared.log.start(&logged);
+    if let Ok(mut s) = ctx.sessions.lock() {
+        s.insert(session);
+    }
 
     // Phase 2: wait for the data plane's report; meanwhile relay operator changes and
     // checksums to the client, and the client's checksums to the receiving session.
@@ -638,6 +661,9 @@ async fn run_channel<S: SessionStarter>(mut channel: Channel<Msg>, ctx: ChannelC
     ended.error = done.error().map(|(c, m)| (c.code(), m));
     ctx.shared.log.end(&logged, &ended);
     ctx.shared.claims.release(session);
+    if let Ok(mut s) = ctx.sessions.lock() {
+        s.remove(&session);
+    }
     match done.error() {
         None => tracing::info!(
             session,
@@ -662,6 +688,60 @@ async fn run_channel<S: SessionStarter>(mut channel: Channel<Msg>, ctx: ChannelC
         let ok = done.ok;
         send(&channel, &ServerMsg::Done(done)).await;
         finish(&channel, ok).await;
+    }
+}
+
+/// A fallback channel: attaches it to the session it names (one of this connection's),
+/// answers [`ServerMsg::Tunnel`], then moves datagrams until either side closes.
+async fn handle_tunnel<S: SessionStarter>(
+    ctx: &ChannelCtx<S>,
+    req: TunnelRequest,
+    channel: Channel<Msg>,
+    mut lines: LineBuffer,
+) {
+    let id = req.session;
+    let refuse = async |channel: &Channel<Msg>, code: ErrorCode, why: String| {
+        tracing::warn!(
+            "{} ({}): TCP fallback for session {id} refused: {why}",
+            ctx.peer,
+            ctx.user
+        );
+        send(channel, &ServerMsg::Error(ErrorMsg::new(code, why))).await;
+        finish(channel, false).await;
+    };
+    if !ctx.sessions.lock().is_ok_and(|s| s.contains(&id)) {
+        let why = format!("no session {id} runs on this connection");
+        return refuse(&channel, ErrorCode::BadRequest, why).await;
+    }
+    let (data_end, pump_end) = match crate::tunnel::pair() {
+        Ok(p) => p,
+        Err(e) => {
+            let why = format!("cannot make a socket pair: {e}");
+            return refuse(&channel, ErrorCode::Internal, why).await;
+        }
+    };
+    let shared = ctx.shared.clone();
+    let attached = tokio::task::spawn_blocking(move || shared.starter.tunnel(id, data_end)).await;
+    match attached {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => return refuse(&channel, ErrorCode::Internal, why).await,
+        Err(e) => return refuse(&channel, ErrorCode::Internal, e.to_string()).await,
+    }
+    tracing::info!(
+        session = id,
+        peer = %ctx.peer,
+        user = %ctx.user,
+        "{} ({}): session {id}: no datagram passed over UDP; continuing over TCP (a \
+         channel of the SSH connection)",
+        ctx.peer,
+        ctx.user
+    );
+    if !send(&channel, &ServerMsg::Tunnel(req)).await {
+        return;
+    }
+    let early = lines.take_rest();
+    if let Err(e) = crate::tunnel::pump(channel, pump_end, early).await {
+        tracing::debug!("session {id}: the TCP fallback ended: {e}");
     }
 }
 
@@ -957,6 +1037,15 @@ fn negotiate(
     Ok((cipher, policy, RateLimits::new(target, min), block))
 }
 
+/// Whether the session waits for the client's TCP fallback when UDP stays silent.
+fn fallback_of(p: &TransferParams) -> Fallback {
+    if p.fallback {
+        Fallback::Accept
+    } else {
+        Fallback::Off
+    }
+}
+
 /// The end-to-end checksum a request asks for.
 fn checksum_of(p: &TransferParams) -> Result<Algorithm, ErrorMsg> {
     p.checksum
@@ -1153,6 +1242,7 @@ fn prepare_upload<S: SessionStarter>(
             plans,
             transfer: req.transfer.filter(|t| is_transfer_tag(t)),
             checksum: checksum_of(&req.params)?,
+            fallback: fallback_of(&req.params),
         },
         dirs: req.dirs,
         skipped: Vec::new(),
@@ -1250,6 +1340,7 @@ fn prepare_download(
             plans: Vec::new(),
             transfer: None,
             checksum: checksum_of(&req.params)?,
+            fallback: fallback_of(&req.params),
         },
         dirs: walk.dirs,
         skipped: walk.skipped,
@@ -1385,7 +1476,7 @@ fn steer_of(op: SessionOp) -> Option<crate::control::messages::Steer> {
         SessionOp::Resume => Steer::Resume,
         SessionOp::Cancel | SessionOp::Abandon => Steer::Cancel,
         SessionOp::Ceiling(bps) => Steer::Ceiling { bps },
-        SessionOp::Digest { .. } => return None,
+        SessionOp::Digest { .. } | SessionOp::UdpSilent => return None,
     })
 }
 

@@ -12,6 +12,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub mod netns;
+
 pub const FERRYD: &str = env!("CARGO_BIN_EXE_ferryd");
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 

@@ -406,6 +406,7 @@ fn download_lists_a_tree() {
             params: TransferParams::default(),
             client_udp: 0,
             negotiate: false,
+            ..Default::default()
         })
         .unwrap();
     let paths: Vec<_> = m.files.iter().map(|f| f.path.as_str()).collect();

@@ -161,3 +161,29 @@ fn a_cluster_receives_one_file_split_across_it_and_resumes_only_what_is_missing(
         rerun.describe()
     );
 }
+
+#[test]
+fn two_sessions_download_a_tree_and_split_its_large_files() {
+    let mut s = Server::start();
+    let tree_root = s.docroot.join("tree");
+    mixed_tree(&tree_root);
+    let dest = s.dir("dest");
+    let run = s.recv(&[
+        "--sessions".as_ref(),
+        "2".as_ref(),
+        "--split-threshold".as_ref(),
+        "8MB".as_ref(),
+        s.remote("/tree").as_ref(),
+        dest.as_os_str(),
+    ]);
+    s.assert_ok(&run, "two-session download");
+    assert_same_tree(&tree_root, &dest.join("tree"), "two-session download");
+    assert!(leftovers(&dest).is_empty(), "{:?}", leftovers(&dest));
+    assert_eq!(run.json_u64("files"), Some(123), "{}", run.describe());
+    let log = s.stderr();
+    assert_eq!(
+        log.matches("download of").count(),
+        2,
+        "two sessions in ferryd's log:\n{log}"
+    );
+}

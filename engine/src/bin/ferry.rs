@@ -18,7 +18,7 @@ use ferry_engine::config::parse_rate;
 use ferry_engine::control::client::{
     ClientOptions, Control, Live, default_known_hosts, default_user,
 };
-use ferry_engine::control::messages::{FileDigest, Offer, Steer};
+use ferry_engine::control::messages::{FileDigest, Offer, Selection, Steer};
 use ferry_engine::control::{DownloadRequest, ErrorCode, TransferParams, UploadRequest};
 use ferry_engine::data::{self, DataPlane, FileEntry, Role, SessionReport, SessionSpec};
 use ferry_engine::integrity::{Algorithm, Digest};
@@ -460,14 +460,6 @@ fn doctor(o: &DoctorArgs, target: &str) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    }
-}
-
-fn warn_unimplemented(o: &Options) {
-    if o.sessions.is_some_and(|n| n > 1) || !o.hosts.is_empty() {
-        eprintln!(
-            "ferry: note: multi-session downloads are not implemented yet; using one session"
-        );
     }
 }
 
@@ -1192,7 +1184,6 @@ fn upload_session(
 }
 
 fn recv(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
-    warn_unimplemented(o);
     let (sources, dest) = args.split_at(args.len() - 1);
     let dest = PathBuf::from(&dest[0]);
     if !dest.is_dir() {
@@ -1222,7 +1213,9 @@ fn recv(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
         remote = Some(r);
     }
     let remote = remote.expect("at least one source");
-    let mut pass = download(o, &remote, paths.clone(), &dest, o.resume)?;
+    let count = o.sessions.map_or(o.hosts.len(), |n| n as usize).max(1);
+    let mut pass = download(o, &remote, paths.clone(), &dest, o.resume, count)?;
+    pass.outcome.files = pass.files.iter().filter(|f| f.offset() == 0).count();
     if !pass.mismatched.is_empty() {
         announce_repair(&pass, o.json);
         // Every source lies in one directory on the server, and each file's name is
@@ -1240,6 +1233,7 @@ fn recv(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
                 vec![format!("{base}/{name}")],
                 &dest.join(sub),
                 3,
+                1,
             )?;
             one.files[0].path.clone_from(name);
             retry_all = Some(match retry_all {
@@ -1266,25 +1260,176 @@ fn recv(o: &Options, args: &[String]) -> Result<Outcome, Failure> {
     pass.finish(o)
 }
 
-/// One download session of `paths` (on the server) into `dest` at resume level `level`.
+/// A download over `count` sessions (`--sessions`, `--hosts`) of `paths` into `dest` at
+/// resume level `level`. Several sessions first list the files, then each asks for its
+/// share of them (`ferry_proto::plan`: small files whole, large ones in ranges).
 fn download(
     o: &Options,
     remote: &Remote,
     paths: Vec<String>,
     dest: &Path,
     level: u8,
+    count: usize,
 ) -> Result<Pass, Failure> {
-    let server_tcp = resolve(&remote.host, o.port)?;
+    let nodes = cluster_nodes(o, remote)?;
+    let jobs: Vec<(Vec<Selection>, u64)> = if count <= 1 {
+        vec![(Vec::new(), 0)]
+    } else {
+        let listed = list(o, remote, &nodes[0], &paths)?;
+        let sizes: Vec<u64> = listed.files.iter().map(|f| f.size).collect();
+        ferry_proto::plan::plan(&sizes, count, o.split_threshold, SPLIT_UNIT)
+            .into_iter()
+            .filter(|p| !p.pieces.is_empty())
+            .map(|p| {
+                let select = p
+                    .pieces
+                    .iter()
+                    .map(|x| Selection {
+                        file: x.file,
+                        offset: x.offset,
+                        len: x.len,
+                    })
+                    .collect();
+                (select, p.bytes)
+            })
+            .collect()
+    };
+    let tracker = Tracker::new(jobs.iter().map(|j| j.1).collect());
+    let results = std::thread::scope(|scope| {
+        let mut threads = Vec::new();
+        for (i, (select, _)) in jobs.iter().enumerate() {
+            if i > 0 {
+                tracker.wait_for_start(i - 1, o.session_interval);
+            }
+            let node = &nodes[i % nodes.len()];
+            let (tracker, paths) = (&tracker, &paths);
+            threads.push(scope.spawn(move || {
+                let r = download_session(o, remote, node, paths, select, dest, level, i, tracker);
+                tracker.ended(i, r.is_err());
+                r
+            }));
+            if tracker.failed() {
+                (i + 1..jobs.len()).for_each(|j| tracker.ended(j, false));
+                break;
+            }
+        }
+        tracker.watch(o.json);
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join().unwrap_or_else(|_| {
+                    Err(Failure(
+                        ErrorCode::Internal,
+                        "a session thread panicked".into(),
+                    ))
+                })
+            })
+            .collect::<Vec<_>>()
+    });
+    let runs: Vec<SessionRun> = results.into_iter().collect::<Result<_, _>>()?;
+    Ok(combine(o, runs))
+}
+
+/// The sessions of one pass as one: their entries in session order, their counts added,
+/// their data phase from the first's start to the last's end.
+fn combine(o: &Options, runs: Vec<SessionRun>) -> Pass {
+    let mut pass = Pass {
+        outcome: Outcome {
+            files: 0,
+            plans: Vec::new(),
+            resumed_bytes: 0,
+            bytes: 0,
+            wire_bytes: 0,
+            retransmitted_bytes: 0,
+            data_secs: data_phase(&runs),
+            checksum: o.checksum(),
+            repaired: 0,
+        },
+        files: Vec::new(),
+        digests: Vec::new(),
+        mismatched: Vec::new(),
+        mismatch: None,
+    };
+    for run in runs {
+        let base = pass.files.len() as u32;
+        let out = &mut pass.outcome;
+        out.files += run.files.len();
+        out.plans.extend(run.plans);
+        out.resumed_bytes += run.resumed_bytes;
+        out.bytes += run.bytes;
+        out.wire_bytes += run.report.wire_bytes;
+        out.retransmitted_bytes += run.report.retransmitted_bytes;
+        pass.mismatched
+            .extend(run.mismatched.iter().map(|&i| base + i));
+        pass.mismatch = pass.mismatch.or(run.mismatch);
+        let mut digests = run.report.digests;
+        digests.resize(run.files.len(), None);
+        pass.digests.extend(digests);
+        pass.files.extend(run.files);
+    }
+    pass
+}
+
+/// The files a download of `paths` would bring, listed by `node`.
+fn list(o: &Options, remote: &Remote, node: &Node, paths: &[String]) -> Result<Offer, Failure> {
+    let server_tcp = resolve(&node.host, node.port)?;
+    let target = Remote {
+        user: remote.user.clone(),
+        host: node.host.clone(),
+        path: remote.path.clone(),
+    };
+    let node_opts = Options {
+        port: node.port,
+        ..o.clone()
+    };
+    let (mut control, rtt) = connect(&node_opts, &target)?;
     let block = data::block_size_for(&server_tcp, o.cipher);
-    let (mut control, rtt) = connect(o, remote)?;
-    let plane = start_data_plane(&server_tcp, 1)?;
+    Ok(control.list(DownloadRequest {
+        sources: paths.to_vec(),
+        params: params(o, block, rtt),
+        ..Default::default()
+    })?)
+}
+
+/// One session of a download: `select` of the listed files (all when empty) from `node`.
+#[allow(clippy::too_many_arguments)]
+fn download_session(
+    o: &Options,
+    remote: &Remote,
+    node: &Node,
+    paths: &[String],
+    select: &[Selection],
+    dest: &Path,
+    level: u8,
+    slot: usize,
+    tracker: &Tracker,
+) -> Result<SessionRun, Failure> {
+    let server_tcp = resolve(&node.host, node.port)?;
+    let block = data::block_size_for(&server_tcp, o.cipher);
+    let target = Remote {
+        user: remote.user.clone(),
+        host: node.host.clone(),
+        path: remote.path.clone(),
+    };
+    let node_opts = Options {
+        port: node.port,
+        ..o.clone()
+    };
+    let (mut control, rtt) = connect(&node_opts, &target)?;
+    let plane = tracker.plane(&server_tcp)?;
     let mut params = params(o, block, rtt);
     params.resume_level = level;
+    if let Some(total) = o.target_rate {
+        params.target_bps = (total / tracker.sessions() as u64).max(1);
+    }
     let request = DownloadRequest {
-        sources: paths,
+        sources: paths.to_vec(),
         params,
         client_udp: plane.local_addr().port(),
         negotiate: true,
+        select: select.to_vec(),
+        transfer: tracker.tag(),
+        ..Default::default()
     };
     let policy = ResumePolicy {
         level,
@@ -1338,45 +1483,35 @@ fn download(
         user: remote.user.clone(),
         ceiling_bps: s.ceiling_bps,
         plans: plans.clone(),
-        transfer: None,
+        transfer: tracker.tag(),
         checksum: o.checksum(),
         fallback: fallback(o),
     };
-    let tracker = Tracker::new(vec![manifest.files.iter().map(|f| f.size).sum()]);
-    let (report, _, _) = std::thread::scope(|scope| {
-        scope.spawn(|| tracker.watch(o.json));
-        let r = run_session(&plane, &mut control, spec, 0, &tracker, o.json);
-        tracker.ended(0, r.is_err());
-        r
-    })?;
+    let (mut report, began, ended) =
+        run_session(&plane, &mut control, spec, slot, tracker, o.json)?;
     let mut mismatch = None;
-    if let Some(err) = report.error {
+    if let Some(err) = report.error.take() {
         if err.0 != ErrorCode::ChecksumMismatch || report.mismatched.is_empty() {
             return Err(err.into());
         }
         mismatch = Some(err.into());
     }
+    // The sender's counts are the server's.
     let done = control.wait_done(Some(Duration::from_secs(30)));
-    let (wire, retx) = match &done {
+    (report.wire_bytes, report.retransmitted_bytes) = match &done {
         Ok(d) => (d.wire_bytes, d.retransmitted_bytes),
         Err(_) => (0, 0),
     };
-    Ok(Pass {
-        outcome: Outcome {
-            files: manifest.files.len(),
-            plans,
-            resumed_bytes,
-            bytes: report.bytes,
-            wire_bytes: wire,
-            retransmitted_bytes: retx,
-            data_secs: report.data_secs,
-            checksum: o.checksum(),
-            repaired: 0,
-        },
-        files: manifest.files,
-        digests: report.digests,
-        mismatched: report.mismatched,
+    Ok(SessionRun {
+        bytes: report.bytes,
+        mismatched: std::mem::take(&mut report.mismatched),
         mismatch,
+        files: manifest.files,
+        report,
+        plans,
+        resumed_bytes,
+        began,
+        ended,
     })
 }
 
@@ -1427,7 +1562,11 @@ fn plan_download(
             })?;
             let path = dest.join(&f.path);
             let sums = offer.sums.get(i);
-            resume::plan_file(&path, f, offer.block_size, policy, sums).map_err(|e| {
+            let plan = match f.part {
+                Some(_) => ferry_engine::split::plan_piece(&path, f, offer.block_size, policy),
+                None => resume::plan_file(&path, f, offer.block_size, policy, sums),
+            };
+            plan.map_err(|e| {
                 (
                     ErrorCode::from_io(&e),
                     format!("preparing {}: {e}", path.display()),

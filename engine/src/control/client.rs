@@ -170,6 +170,19 @@ impl Control {
         })
     }
 
+    /// The files a download of `req.sources` would send, without starting it.
+    pub fn list(&mut self, mut req: DownloadRequest) -> Result<Offer, ControlError> {
+        req.list_only = true;
+        let inner = &mut self.inner;
+        self.rt.block_on(async {
+            inner.send(&ClientMsg::Download(req)).await?;
+            match inner.next_reply().await? {
+                ServerMsg::Offer(o) => Ok(o),
+                other => Err(unexpected(&other)),
+            }
+        })
+    }
+
     /// Asks to download; the answer lists the files and the session.
     pub fn download(&mut self, req: DownloadRequest) -> Result<Manifest, ControlError> {
         let inner = &mut self.inner;

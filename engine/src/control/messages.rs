@@ -206,6 +206,30 @@ pub struct DownloadRequest {
     /// [`ClientMsg::Plans`] before starting the session.
     #[serde(default)]
     pub negotiate: bool,
+    /// Only list the files: the server answers [`ServerMsg::Offer`] and ends the channel
+    /// (a multi-session download plans its sessions from it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub list_only: bool,
+    /// Send only these pieces of the listed files (one session of a multi-session
+    /// download); empty: everything.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub select: Vec<Selection>,
+    /// The multi-session transfer this session belongs to (see
+    /// [`UploadRequest::transfer`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<String>,
+}
+
+/// A piece of a listed file: bytes `[offset, offset + len)` of file `file` (its index in
+/// the list a [`DownloadRequest::list_only`] request returned for the same sources).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Selection {
+    /// Index in the listing.
+    pub file: u32,
+    /// First byte.
+    pub offset: u64,
+    /// Bytes.
+    pub len: u64,
 }
 
 /// Server to client.
@@ -511,6 +535,7 @@ mod tests {
                 params: TransferParams::default(),
                 client_udp: 0,
                 negotiate: true,
+                ..Default::default()
             }),
             ClientMsg::Plans(Plans {
                 files: vec![

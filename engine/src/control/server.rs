@@ -26,7 +26,7 @@ use super::authorized_keys;
 use super::claims::Claims;
 use super::messages::{
     ClientMsg, Done, DownloadRequest, ErrorMsg, FileDigest, FilePlan, FileSums, LineBuffer,
-    Manifest, Offer, PROTOCOL_VERSION, Ready, ServerMsg, TransferParams, TunnelRequest,
+    Manifest, Offer, PROTOCOL_VERSION, Ready, Selection, ServerMsg, TransferParams, TunnelRequest,
     UploadRequest, encode_line, is_transfer_tag, to_hex,
 };
 use super::{ErrorCode, SUBSYSTEM};
@@ -566,7 +566,12 @@ async fn run_channel<S: SessionStarter>(mut channel: Channel<Msg>, ctx: ChannelC
         return finish(&channel, false).await;
     }
     let Some((session, rx, logged)) = report else {
-        return finish(&channel, false).await;
+        // A listing: its answer is all there is.
+        let listed = matches!(reply, ServerMsg::Offer(_));
+        if listed {
+            send(&channel, &reply).await;
+        }
+        return finish(&channel, listed).await;
     };
     if !send(&channel, &reply).await {
         // The client left before it heard of its session: nobody will use it.
@@ -818,10 +823,28 @@ async fn handle_download<S: SessionStarter>(
         Err(e) => return (ServerMsg::Error(e), None),
     };
     let negotiate = req.negotiate;
+    let list_only = req.list_only;
     let shared = ctx.shared.clone();
     let user = ctx.user.clone();
     let mut prepared =
         tokio::task::spawn_blocking(move || prepare_download(&shared.config, &user, req)).await;
+    if list_only {
+        return match prepared {
+            Ok(Ok(p)) => (
+                ServerMsg::Offer(Offer {
+                    files: p.spec.files,
+                    block_size: p.spec.block_size,
+                    sums: Vec::new(),
+                }),
+                None,
+            ),
+            Ok(Err(e)) => (ServerMsg::Error(e), None),
+            Err(_) => (
+                ServerMsg::Error(ErrorMsg::new(ErrorCode::Internal, "listing failed")),
+                None,
+            ),
+        };
+    }
     if negotiate && let Ok(Ok(p)) = &mut prepared {
         match negotiate_plans(p, channel, lines).await {
             Ok(plans) => p.spec.plans = plans,
@@ -1314,12 +1337,13 @@ fn prepare_download(
         }
     }
     let root_dir = base.unwrap_or_else(|| root.path().to_path_buf());
-    let level = if req.negotiate {
+    let level = if req.negotiate && !req.list_only {
         resume_policy(&req.params)?.level
     } else {
         0
     };
-    let sums = source_sums(&root_dir, &walk.files, level)?;
+    let files = select(walk.files, &req.select)?;
+    let sums = source_sums(&root_dir, &files, level)?;
     Ok(Prepared {
         spec: SessionSpec {
             role: Role::Sender,
@@ -1331,14 +1355,14 @@ fn prepare_download(
             policy,
             limits,
             root: root_dir,
-            files: walk.files,
+            files,
             peer: None,
             no_fsync: false,
             initial_rtt: rtt_hint(&req.params),
             user: String::new(),
             ceiling_bps: None,
             plans: Vec::new(),
-            transfer: None,
+            transfer: req.transfer.filter(|t| is_transfer_tag(t)),
             checksum: checksum_of(&req.params)?,
             fallback: fallback_of(&req.params),
         },
@@ -1346,6 +1370,43 @@ fn prepare_download(
         skipped: walk.skipped,
         sums,
     })
+}
+
+/// The pieces of `listed` a session of a multi-session download asks for (all of them
+/// when `selection` is empty): a piece that is a whole file is that file, any other a
+/// [`Part`](crate::data::Part) of it.
+fn select(listed: Vec<FileEntry>, selection: &[Selection]) -> Result<Vec<FileEntry>, ErrorMsg> {
+    if selection.is_empty() {
+        return Ok(listed);
+    }
+    let bad = |what: String| ErrorMsg::new(ErrorCode::BadRequest, what);
+    let mut seen = HashSet::new();
+    selection
+        .iter()
+        .map(|s| {
+            let f = listed
+                .get(s.file as usize)
+                .ok_or_else(|| bad(format!("no file {} in the listing", s.file)))?;
+            if s.offset.checked_add(s.len).is_none_or(|end| end > f.size) {
+                return Err(bad(format!(
+                    "{:?}: the piece lies outside the file",
+                    f.path
+                )));
+            }
+            if !seen.insert(s.file) {
+                return Err(bad(format!("{:?} is selected twice", f.path)));
+            }
+            let whole = s.offset == 0 && s.len == f.size;
+            Ok(FileEntry {
+                size: s.len,
+                part: (!whole).then_some(crate::data::Part {
+                    offset: s.offset,
+                    whole_size: f.size,
+                }),
+                ..f.clone()
+            })
+        })
+        .collect()
 }
 
 /// The checksums of each file below `root` for resume level `level` (none below 2).
@@ -1356,6 +1417,10 @@ fn source_sums(root: &Path, files: &[FileEntry], level: u8) -> Result<Vec<FileSu
     files
         .iter()
         .map(|f| {
+            if f.part.is_some() {
+                // The sums cover whole files; a piece resumes by its checkpoints alone.
+                return Ok(FileSums::default());
+            }
             FileSums::compute(&root.join(&f.path), f.size, level)
                 .map_err(|e| io_error("cannot read", &f.path, &e))
         })

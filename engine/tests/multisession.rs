@@ -187,3 +187,53 @@ fn two_sessions_download_a_tree_and_split_its_large_files() {
         "two sessions in ferryd's log:\n{log}"
     );
 }
+
+#[test]
+fn ferry_toml_turns_multi_session_on_above_its_trigger_rate() {
+    let mut s = Server::start();
+    let src = s.dir("src").join("f.bin");
+    write_random_file(&src, 20 << 20, 11);
+    let config = s.dir("cfg").join("ferry.toml");
+    fs::write(
+        &config,
+        "[multi_session]\nenabled = true\nsessions = 2\ntrigger_rate = \"700m\"\n",
+    )
+    .unwrap();
+    let env = [("FERRY_CONFIG", config.as_os_str())];
+    let sessions_in_log = |s: &Server| s.stderr().matches("upload of").count();
+    // No -l: above any trigger.
+    let cmd = s.ferry_cmd(
+        "send",
+        &[
+            "--split-threshold".as_ref(),
+            "8MB".as_ref(),
+            src.as_os_str(),
+            s.remote("/").as_ref(),
+        ],
+    );
+    let run = s.ferry_env(&cmd, &env);
+    s.assert_ok(&run, "upload with multi-session configured");
+    assert_eq!(sessions_in_log(&s), 2, "{}", s.stderr());
+    // -l 500m: below the trigger, one session.
+    let cmd = s.ferry_cmd(
+        "send",
+        &[
+            "-l".as_ref(),
+            "500m".as_ref(),
+            "--split-threshold".as_ref(),
+            "8MB".as_ref(),
+            src.as_os_str(),
+            s.remote("/").as_ref(),
+        ],
+    );
+    let run = s.ferry_env(&cmd, &env);
+    s.assert_ok(&run, "a slow upload with multi-session configured");
+    assert_eq!(sessions_in_log(&s), 3, "{}", s.stderr());
+    // A broken file is an error that says where.
+    fs::write(&config, "[multi_session]\nenabled = yes\n").unwrap();
+    let cmd = s.ferry_cmd("send", &[src.as_os_str(), s.remote("/").as_ref()]);
+    let run = s.ferry_env(&cmd, &env);
+    assert_eq!(run.code(), Some(41), "{}", run.describe());
+    assert!(run.stderr.contains("ferry.toml"), "{}", run.describe());
+    assert_eq!(first_difference(&src, &s.docroot.join("f.bin")), None);
+}

@@ -272,8 +272,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let started = Instant::now();
     let (json, result) = match cli.command {
-        Command::Send { opts, args } => (opts.json, with_retries(&opts, |o| send(o, &args))),
-        Command::Recv { opts, args } => (opts.json, with_retries(&opts, |o| recv(o, &args))),
+        Command::Send { opts, args } => (
+            opts.json,
+            configured(opts).and_then(|o| with_retries(&o, |o| send(o, &args))),
+        ),
+        Command::Recv { opts, args } => (
+            opts.json,
+            configured(opts).and_then(|o| with_retries(&o, |o| recv(o, &args))),
+        ),
         Command::Doctor { opts, target } => return doctor(&opts, &target),
     };
     let elapsed = started.elapsed().as_secs_f64();
@@ -461,6 +467,73 @@ fn doctor(o: &DoctorArgs, target: &str) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// `ferry`'s own settings, from `$FERRY_CONFIG` or else `~/.config/ferry/ferry.toml` (when
+/// there is one):
+///
+/// ```toml
+/// [multi_session]
+/// enabled = true          # off by default
+/// sessions = 3            # how many, when on
+/// trigger_rate = "700m"   # only for a target rate (-l) above this; no -l counts as above
+/// ```
+///
+/// `--sessions` on the command line always wins.
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientConfig {
+    #[serde(default)]
+    multi_session: MultiSession,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct MultiSession {
+    enabled: bool,
+    sessions: u32,
+    trigger_rate: String,
+}
+
+impl Default for MultiSession {
+    fn default() -> Self {
+        MultiSession {
+            enabled: false,
+            sessions: 3,
+            trigger_rate: "700m".into(),
+        }
+    }
+}
+
+/// The options once `ferry.toml` has had its say.
+fn configured(mut o: Options) -> Result<Options, Failure> {
+    let path = match std::env::var_os("FERRY_CONFIG") {
+        Some(p) => PathBuf::from(p),
+        None => match std::env::var_os("HOME") {
+            Some(h) => Path::new(&h).join(".config/ferry/ferry.toml"),
+            None => return Ok(o),
+        },
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(o),
+        Err(e) => {
+            return Err(Failure(
+                ErrorCode::from_io(&e),
+                format!("{}: {e}", path.display()),
+            ));
+        }
+    };
+    let bad = |e: String| Failure(ErrorCode::BadRequest, format!("{}: {e}", path.display()));
+    let cfg: ClientConfig = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let m = cfg.multi_session;
+    if o.sessions.is_none() && m.enabled {
+        let trigger = parse_rate(&m.trigger_rate).map_err(bad)?;
+        if o.target_rate.is_none_or(|t| t > trigger) {
+            o.sessions = Some(m.sessions.clamp(1, 64));
+        }
+    }
+    Ok(o)
 }
 
 /// `60MB`, `1GiB`, `4096`: decimal (kB, MB, GB, TB) or binary (KiB, MiB, GiB, TiB) units.

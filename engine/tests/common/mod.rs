@@ -304,6 +304,17 @@ impl Server {
         Running::spawn(args, &err)
     }
 
+    /// Runs ferry with exactly `args` and the environment variables `env` to its end.
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn ferry_env<S: AsRef<OsStr>>(&mut self, args: &[S], env: &[(&str, &OsStr)]) -> FerryRun {
+        self.ferry_runs += 1;
+        let err = self
+            .tmp
+            .path()
+            .join(format!("ferry-{}.err", self.ferry_runs));
+        Running::spawn_env(args, env, &err).wait(FERRY_TIMEOUT)
+    }
+
     /// Runs ferry with exactly `args` to its end.
     pub fn ferry_raw<S: AsRef<OsStr>>(&mut self, args: &[S]) -> FerryRun {
         self.spawn_ferry(args).wait(FERRY_TIMEOUT)
@@ -388,9 +399,18 @@ pub struct Running {
 
 impl Running {
     fn spawn<S: AsRef<OsStr>>(args: &[S], stderr_path: &Path) -> Running {
+        Self::spawn_env(args, &[], stderr_path)
+    }
+
+    fn spawn_env<S: AsRef<OsStr>>(
+        args: &[S],
+        env: &[(&str, &OsStr)],
+        stderr_path: &Path,
+    ) -> Running {
         let err = fs::File::create(stderr_path).unwrap();
         let mut child = Command::new(FERRY)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(err)

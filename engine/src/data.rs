@@ -358,8 +358,14 @@ pub(crate) const WAKE: &[u8] = b"ferry-wake";
 /// Binds with `SO_REUSEPORT`, so that `ferry doctor`'s probe socket (`doctor.rs`) can share
 /// the port: connected to one client, it alone gets that client's probes (the kernel never
 /// hands a connected socket anyone else's datagrams), and the lane keeps everything else.
+///
+/// A port some other process already holds is refused first, as a plain bind would: two
+/// ferryd on one UDP port would otherwise split each other's datagrams.
 fn bind_shared(addr: SocketAddr) -> io::Result<UdpSocket> {
     use std::os::fd::AsFd;
+    if addr.port() != 0 {
+        drop(UdpSocket::bind(addr)?);
+    }
     let opts = ferry_io::udp::SocketOptions {
         reuse_port: true,
         ..Default::default()
@@ -2199,6 +2205,16 @@ pub fn block_size_for(peer: &SocketAddr, cipher: Cipher) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_udp_port_another_process_holds_is_refused() {
+        let held = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        let e = DataPlane::start(addr).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
+        drop(held);
+        DataPlane::start(addr).unwrap();
+    }
 
     fn spec(session: u32) -> SessionSpec {
         SessionSpec {

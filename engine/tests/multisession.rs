@@ -237,3 +237,60 @@ fn ferry_toml_turns_multi_session_on_above_its_trigger_rate() {
     assert!(run.stderr.contains("ferry.toml"), "{}", run.describe());
     assert_eq!(first_difference(&src, &s.docroot.join("f.bin")), None);
 }
+
+/// `sha256:HEX` of bytes `[offset, offset + len)` of `path`, without ferry.
+fn sha256_of_range(path: &Path, offset: u64, len: u64) -> String {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "tail -c +{} \"$0\" | head -c {len} | sha256sum",
+            offset + 1
+        ))
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    format!("sha256:{}", text.split_whitespace().next().unwrap())
+}
+
+#[test]
+fn each_piece_of_a_split_file_is_checksummed_at_its_offset() {
+    let mut s = Server::start();
+    let src = s.dir("src").join("big.bin");
+    let size = 21u64 << 20;
+    write_random_file(&src, size, 5);
+    let manifest = s.dir("out").join("manifest.jsonl");
+    let run = s.send(&[
+        "--sessions".as_ref(),
+        "2".as_ref(),
+        "--split-threshold".as_ref(),
+        "1MB".as_ref(),
+        "--checksum".as_ref(),
+        "sha256".as_ref(),
+        "--manifest".as_ref(),
+        manifest.as_os_str(),
+        src.as_os_str(),
+        s.remote("/").as_ref(),
+    ]);
+    s.assert_ok(&run, "a split upload with checksums");
+    assert_eq!(first_difference(&src, &s.docroot.join("big.bin")), None);
+    let lines: Vec<serde_json::Value> = fs::read_to_string(&manifest)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "one line per piece: {lines:?}");
+    let mut covered = 0;
+    for l in &lines {
+        let offset = l["offset"].as_u64().unwrap();
+        let len = l["size"].as_u64().unwrap();
+        assert_eq!(l["file_size"].as_u64(), Some(size), "{l}");
+        assert_eq!(
+            l["checksum"].as_str().unwrap(),
+            sha256_of_range(&src, offset, len),
+            "{l}"
+        );
+        covered += len;
+    }
+    assert_eq!(covered, size);
+}

@@ -405,7 +405,7 @@ impl Bench {
     }
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -422,7 +422,7 @@ fn machine() -> String {
     )
 }
 
-fn date() -> String {
+pub(crate) fn date() -> String {
     Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()

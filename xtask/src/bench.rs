@@ -979,7 +979,7 @@ mod tests {
         let done = run_rusage(
             Command::new("sh").args([
                 "-c",
-                "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo hi",
+                "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; echo hi",
             ]),
             Duration::from_secs(30),
         )

@@ -188,19 +188,24 @@ impl Loopback {
         self.daemon.0.id()
     }
 
-    /// Runs `ferry VERB ARGS…` with this server's port, key and known_hosts and `--json`;
-    /// returns the last JSON line and the client's CPU time.
-    pub fn ferry(&self, verb: &str, args: &[&std::ffi::OsStr]) -> Result<(serde_json::Value, Cpu)> {
+    /// `ferry VERB --json` with this server's port, key and known_hosts; the caller adds
+    /// the options and paths.
+    pub fn ferry_command(&self, verb: &str) -> Command {
         let mut cmd = Command::new(self.bin.join("ferry"));
         cmd.arg(verb)
             .args(["-P", &self.port, "-i"])
             .arg(&self.key)
             .arg("--known-hosts")
             .arg(self.dir.join("known_hosts"))
-            .args(["--accept-new", "--json"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .args(["--accept-new", "--json"]);
+        cmd
+    }
+
+    /// Runs `ferry VERB ARGS…` with this server's port, key and known_hosts and `--json`;
+    /// returns the last JSON line and the client's CPU time.
+    pub fn ferry(&self, verb: &str, args: &[&std::ffi::OsStr]) -> Result<(serde_json::Value, Cpu)> {
+        let mut cmd = self.ferry_command(verb);
+        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         let child = cmd.spawn()?;
         let pid = child.id() as libc::pid_t;
         // wait4 gives the child's CPU time; std's wait does not.

@@ -26,7 +26,7 @@ enum Task {
     Ci,
     /// Run the sans-IO protocol over the simulated network.
     Sim(SimArgs),
-    /// Benchmarks (`loopback`: ferry's engine on loopback, rates and cycles per byte).
+    /// Benchmarks: `loopback` (ferry beside iperf3, scp, rsync and dd on one host), `wan`.
     Bench {
         #[command(subcommand)]
         which: Bench,
@@ -46,18 +46,9 @@ enum Task {
 
 #[derive(Subcommand)]
 enum Bench {
-    /// Upload and download through a real ferryd on loopback, files on tmpfs.
-    Loopback {
-        /// File size, MiB.
-        #[arg(long, default_value_t = 1024)]
-        size_mib: u64,
-        /// Runs each way.
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        /// aes128 | aes256 | none.
-        #[arg(long, default_value = "aes128")]
-        cipher: String,
-    },
+    /// ferry (each cipher, up and down) beside iperf3 UDP and TCP, scp, rsync and dd on
+    /// loopback, files on tmpfs and on the disk: rates, ratios, CPU per GiB each side.
+    Loopback(bench::LoopbackArgs),
     /// ferry beside iperf3, scp, rsync and uftp across emulated WAN paths (`cargo xtask lab`).
     Wan(wan::WanArgs),
 }
@@ -251,13 +242,8 @@ fn main() -> Result<()> {
         Task::Demo { size_mib } => demo::run_demo(size_mib),
         Task::Lab { cmd } => lab::run(cmd),
         Task::Bench {
-            which:
-                Bench::Loopback {
-                    size_mib,
-                    runs,
-                    cipher,
-                },
-        } => bench::loopback(size_mib, runs, &cipher),
+            which: Bench::Loopback(args),
+        } => bench::loopback(args),
         Task::Bench {
             which: Bench::Wan(args),
         } => wan::run(args),

@@ -1,11 +1,15 @@
 //! `cargo xtask bench wan`: ferry beside the usual tools across emulated WAN paths.
 //!
-//! For each path the lab (`cargo xtask lab`) is brought up, a ferryd, an OpenSSH server and
-//! a uftpd are started in namespace B, and each tool moves the same file (on tmpfs) from
-//! namespace A, or for iperf3 runs for a fixed time. A tool that is not installed is
-//! skipped with a note; a run that does not finish within the time limit is stopped and its
-//! rate is what arrived by then. The result is a markdown table, printed and written to
-//! `benches/results/`, with the machine, the date and the command.
+//! The paths are the grid RTT 0/50/100/200/400 ms × loss 0/0.1/1/5 % at 500 Mbit/s (or
+//! `--quick`'s two, or what `--rtt-ms`/`--loss` name). For each path the lab (`cargo xtask
+//! lab`) is brought up, a ferryd, an OpenSSH server and a uftpd are started in namespace B,
+//! and each tool moves the same file (on tmpfs) from namespace A, or for iperf3 runs for a
+//! fixed time. Every run has a time cap, so the whole grid takes bounded time (estimated
+//! and printed before it starts): a run still going at its cap is stopped and its figure is
+//! the goodput within the cap (marked †). A tool that is not installed is skipped with a
+//! note. The result, a summary (one line per path, one column per tool) and every run, is
+//! printed and written to `benches/results/` with the machine, the date and the command,
+//! with a PNG plot beside it.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -36,6 +40,22 @@ pub struct WanArgs {
     /// File size, MiB (default 128 with --quick, else 512).
     #[arg(long)]
     size_mib: Option<u64>,
+    /// Time cap of each run, seconds (default 20 with --quick, else 60): a run still going
+    /// is stopped and its goodput is what arrived within the cap.
+    #[arg(long)]
+    limit_s: Option<u64>,
+    /// RTTs of the grid, ms, comma-separated (default 0,50,100,200,400).
+    #[arg(long, value_delimiter = ',')]
+    rtt_ms: Vec<f64>,
+    /// Loss rates of the grid, comma-separated (default 0,0.001,0.01,0.05).
+    #[arg(long, value_delimiter = ',')]
+    loss: Vec<f64>,
+    /// Link rate, Mbit/s.
+    #[arg(long, default_value_t = 500.0)]
+    rate_mbps: f64,
+    /// Print the paths and the time estimate, and run nothing.
+    #[arg(long)]
+    dry_run: bool,
     /// Name of the lab to use (namespaces NAME-a and NAME-b), so a benchmark does not
     /// take down someone else's lab.
     #[arg(long = "name", default_value = "ferrylab")]
@@ -66,7 +86,17 @@ struct Row {
     tool: String,
     mbps: Option<f64>,
     secs: f64,
+    /// Stopped at the time cap: `mbps` is the goodput within it.
+    capped: bool,
     emulator_cpu: Option<f64>,
+    note: String,
+}
+
+/// What one run of a tool gives: goodput (Mbit/s), seconds, stopped at the cap, a note.
+struct Outcome {
+    mbps: Option<f64>,
+    secs: f64,
+    capped: bool,
     note: String,
 }
 
@@ -128,6 +158,23 @@ fn run_limited(cmd: &mut Command, limit: Duration) -> Result<(bool, f64, String)
     Ok((ok, secs, format!("{stdout}{stderr}")))
 }
 
+/// Bytes written in the files directly under `dir`: uftpd writes blocks at their offsets,
+/// so a file's length can run ahead of its data; its allocated blocks do not.
+fn dir_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::read_dir(dir).map_or(0, |d| {
+        d.filter_map(|e| e.ok()?.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len().min(m.blocks() * 512))
+            .sum()
+    })
+}
+
+/// How long iperf3 runs for a time cap: half of it, between 5 and 20 s.
+fn iperf3_secs(limit: Duration) -> u64 {
+    (limit.as_secs() / 2).clamp(5, 20)
+}
+
 fn emulator_cpu_seconds() -> Option<f64> {
     let pid = fs::read_to_string(format!("/run/ferry-lab/{}/emulator.pid", name())).ok()?;
     Some(
@@ -156,55 +203,67 @@ impl Bench {
 
     /// Measures one run: `f` returns (rate Mbit/s, note) and the emulator's CPU share over
     /// the run is recorded beside it.
-    fn measure(
-        &mut self,
-        path: &WanPath,
-        tool: &str,
-        f: impl FnOnce(&Bench) -> Result<(Option<f64>, f64, String)>,
-    ) {
+    fn measure(&mut self, path: &WanPath, tool: &str, f: impl FnOnce(&Bench) -> Result<Outcome>) {
         let cpu0 = emulator_cpu_seconds();
-        let (mbps, secs, note) = f(self).unwrap_or_else(|e| (None, 0.0, format!("error: {e:#}")));
+        let o = f(self).unwrap_or_else(|e| Outcome {
+            mbps: None,
+            secs: 0.0,
+            capped: false,
+            note: format!("error: {e:#}"),
+        });
         let cpu = match (cpu0, emulator_cpu_seconds()) {
-            (Some(a), Some(b)) if secs > 0.0 => Some((b - a) / secs * 100.0),
+            (Some(a), Some(b)) if o.secs > 0.0 => Some((b - a) / o.secs * 100.0),
             _ => None,
         };
         eprintln!(
-            "    {tool}: {} {note}",
-            mbps.map_or("-".into(), |m| format!("{m:.0} Mbit/s"))
+            "    {tool}: {}{} {}",
+            if o.capped { "≥ " } else { "" },
+            o.mbps.map_or("-".into(), |m| format!("{m:.0} Mbit/s")),
+            o.note
         );
         self.rows.push(Row {
             path: path.label(),
             rtt_ms: path.rtt_ms,
             loss: path.loss,
             tool: tool.into(),
-            mbps,
-            secs,
+            mbps: o.mbps,
+            secs: o.secs,
+            capped: o.capped,
             emulator_cpu: cpu,
-            note,
+            note: o.note,
         });
     }
 
-    /// Rate from bytes that arrived in `secs`, with a note when the run was cut short.
-    fn file_rate(&self, dest: &Path, ok: bool, secs: f64) -> (Option<f64>, f64, String) {
-        let got = fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
+    /// Goodput from `got` bytes that arrived in `secs`, with a note when the run was cut
+    /// short.
+    fn rate_of(&self, got: u64, ok: bool, secs: f64) -> Outcome {
+        let pct = got as f64 * 100.0 / self.bytes as f64;
+        let capped = !(ok && got == self.bytes) && secs >= self.limit.as_secs_f64();
         let note = if ok && got == self.bytes {
             "wall time incl. connection set-up".to_string()
-        } else if secs < self.limit.as_secs_f64() {
+        } else if capped {
             format!(
-                "failed after {secs:.1} s, {:.0} % arrived",
-                got as f64 * 100.0 / self.bytes as f64
+                "stopped at the {} s cap, {pct:.0} % arrived: goodput within the cap",
+                self.limit.as_secs()
             )
         } else {
-            format!(
-                "stopped at {:.0} s limit, {:.0} % arrived",
-                secs,
-                got as f64 * 100.0 / self.bytes as f64
-            )
+            format!("failed after {secs:.1} s, {pct:.0} % arrived")
         };
-        (Some(got as f64 * 8.0 / secs / 1e6), secs, note)
+        Outcome {
+            mbps: Some(got as f64 * 8.0 / secs / 1e6),
+            secs,
+            capped,
+            note,
+        }
     }
 
-    fn ferry(&self, policy: &str, rate_mbps: f64) -> Result<(Option<f64>, f64, String)> {
+    /// Goodput from the file `dest` (written in order) after `secs`.
+    fn file_rate(&self, dest: &Path, ok: bool, secs: f64) -> Outcome {
+        let got = fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
+        self.rate_of(got, ok, secs)
+    }
+
+    fn ferry(&self, policy: &str, rate_mbps: f64) -> Result<Outcome> {
         let dest = self.dir.join("srv/docroot/src.bin");
         let _ = fs::remove_file(&dest);
         let (ok, secs, out) = run_limited(
@@ -222,30 +281,43 @@ impl Bench {
             .arg(format!("accept@{B_IP}:/")),
             self.limit,
         )?;
-        let last = out
+        let _ = fs::remove_file(&dest);
+        let json: Vec<serde_json::Value> = out
             .lines()
-            .rev()
-            .find(|l| l.starts_with('{'))
-            .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok());
-        match last {
-            Some(j) if ok && j["status"] == "ok" => Ok((
-                j["rate_bps"].as_f64().map(|r| r / 1e6),
+            .filter(|l| l.starts_with('{'))
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        match json.last() {
+            Some(j) if ok && j["status"] == "ok" => Ok(Outcome {
+                mbps: j["rate_bps"].as_f64().map(|r| r / 1e6),
                 secs,
-                format!(
+                capped: false,
+                note: format!(
                     "data phase; re-sent {:.1} % of payload",
                     j["retransmitted_bytes"].as_f64().unwrap_or(0.0) * 100.0 / self.bytes as f64
                 ),
-            )),
+            }),
             _ => {
-                let (rate, secs, note) =
-                    self.file_rate(&dest.with_extension("bin.partial"), false, secs);
-                Ok((rate, secs, format!("ferry did not finish: {note}")))
+                // NAME.partial is preallocated, so its length says nothing: the last
+                // progress event says what arrived.
+                let got = json
+                    .iter()
+                    .rev()
+                    .find(|j| j["event"] == "progress")
+                    .and_then(|j| j["bytes"].as_u64())
+                    .unwrap_or(0);
+                let _ = fs::remove_file(dest.with_extension("bin.partial"));
+                let o = self.rate_of(got, false, secs);
+                Ok(Outcome {
+                    note: format!("ferry did not finish: {} (wall time)", o.note),
+                    ..o
+                })
             }
         }
     }
 
-    fn iperf3(&self, cc: &str) -> Result<(Option<f64>, f64, String)> {
-        let t = (self.limit.as_secs() / 2).clamp(5, 20);
+    fn iperf3(&self, cc: &str) -> Result<Outcome> {
+        let t = iperf3_secs(self.limit);
         let _server = Guard(
             in_ns(&Self::ns_b(), "iperf3")
                 .args(["-s", "-1", "-p", "5201"])
@@ -264,13 +336,14 @@ impl Bench {
             bail!("iperf3 failed: {}", out.lines().last().unwrap_or(""));
         }
         let j: serde_json::Value = serde_json::from_str(&out).context("iperf3 -J output")?;
-        Ok((
-            j["end"]["sum_received"]["bits_per_second"]
+        Ok(Outcome {
+            mbps: j["end"]["sum_received"]["bits_per_second"]
                 .as_f64()
                 .map(|b| b / 1e6),
             secs,
-            format!("{t} s memory to memory"),
-        ))
+            capped: false,
+            note: format!("{t} s memory to memory"),
+        })
     }
 
     fn ssh_opts(&self) -> Vec<String> {
@@ -288,7 +361,7 @@ impl Bench {
         ]
     }
 
-    fn scp(&self) -> Result<(Option<f64>, f64, String)> {
+    fn scp(&self) -> Result<Outcome> {
         let dest = self.dir.join("scp.bin");
         let _ = fs::remove_file(&dest);
         let (ok, secs, _) = run_limited(
@@ -299,10 +372,12 @@ impl Bench {
                 .arg(format!("root@{B_IP}:{}", dest.display())),
             self.limit,
         )?;
-        Ok(self.file_rate(&dest, ok, secs))
+        let o = self.file_rate(&dest, ok, secs);
+        let _ = fs::remove_file(&dest);
+        Ok(o)
     }
 
-    fn rsync(&self) -> Result<(Option<f64>, f64, String)> {
+    fn rsync(&self) -> Result<Outcome> {
         let dest = self.dir.join("rsync.bin");
         let _ = fs::remove_file(&dest);
         let ssh = format!("ssh -p 2222 {}", self.ssh_opts().join(" "));
@@ -313,10 +388,12 @@ impl Bench {
                 .arg(format!("root@{B_IP}:{}", dest.display())),
             self.limit,
         )?;
-        Ok(self.file_rate(&dest, ok, secs))
+        let o = self.file_rate(&dest, ok, secs);
+        let _ = fs::remove_file(&dest);
+        Ok(o)
     }
 
-    fn uftp(&self, rate_mbps: f64) -> Result<(Option<f64>, f64, String)> {
+    fn uftp(&self, rate_mbps: f64) -> Result<Outcome> {
         let dir = self.dir.join("uftp");
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
@@ -341,6 +418,8 @@ impl Bench {
                 .arg(&self.src),
             self.limit,
         );
+        // What arrived, before uftpd is stopped (it may tidy away an unfinished file).
+        let got = dir_bytes(&dir);
         // uftpd daemonises itself: stop it by the pid it wrote.
         if let Some(pid) = fs::read_to_string(&pid_file)
             .ok()
@@ -350,8 +429,12 @@ impl Bench {
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
         let (ok, secs, _) = r?;
-        let (rate, secs, note) = self.file_rate(&dir.join("src.bin"), ok, secs);
-        Ok((rate, secs, format!("{note}; -R {rate_mbps} Mbit/s")))
+        let _ = fs::remove_dir_all(&dir);
+        let o = self.rate_of(got, ok, secs);
+        Ok(Outcome {
+            note: format!("{}; -R {rate_mbps} Mbit/s", o.note),
+            ..o
+        })
     }
 
     fn start_ferryd(&self) -> Result<Guard> {
@@ -405,7 +488,7 @@ impl Bench {
     }
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -422,7 +505,7 @@ fn machine() -> String {
     )
 }
 
-fn date() -> String {
+pub(crate) fn date() -> String {
     Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()
@@ -435,6 +518,26 @@ pub fn run(args: WanArgs) -> Result<()> {
     let _ = NAME.set(args.name.clone());
     let quick = args.quick;
     let size_mib = args.size_mib.unwrap_or(if quick { 128 } else { 512 });
+    let limit = Duration::from_secs(args.limit_s.unwrap_or(if quick { 20 } else { 60 }));
+    let paths = grid(&args);
+    if paths.is_empty() {
+        bail!("no paths: --rtt-ms and --loss each need at least one value");
+    }
+    let (lo, hi) = estimate(&paths, size_mib << 20, limit);
+    eprintln!(
+        "==> {} path(s), {size_mib} MiB, {} s cap per run: expect about {:.0} min, at most {:.0} min \
+         (every run at its cap), plus the build",
+        paths.len(),
+        limit.as_secs(),
+        lo / 60.0,
+        hi / 60.0
+    );
+    if args.dry_run {
+        for p in &paths {
+            eprintln!("    {}", p.label());
+        }
+        return Ok(());
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace")
@@ -459,22 +562,38 @@ pub fn run(args: WanArgs) -> Result<()> {
     let mut bench = Bench {
         src: dir.join("src.bin"),
         bytes: size_mib << 20,
-        limit: Duration::from_secs(if quick { 20 } else { 60 }),
+        limit,
         bin: root.join("target/release"),
         rows: Vec::new(),
         dir,
     };
-    let result = run_paths(&mut bench, quick);
+    let started = Instant::now();
+    let result = run_paths(&mut bench, &paths);
+    let took = started.elapsed().as_secs_f64();
     let _ = lab::down_quietly_named(name());
     let _ = fs::remove_dir_all(&bench.dir);
     result?;
 
-    let cmd = format!(
-        "cargo xtask bench wan{}{}",
-        if quick { " --quick" } else { "" },
-        args.size_mib
-            .map_or(String::new(), |s| format!(" --size-mib {s}"))
+    let mut cmd = format!(
+        "cargo xtask bench wan{}",
+        if quick { " --quick" } else { "" }
     );
+    if let Some(s) = args.size_mib {
+        write!(cmd, " --size-mib {s}")?;
+    }
+    if let Some(l) = args.limit_s {
+        write!(cmd, " --limit-s {l}")?;
+    }
+    let list = |v: &[f64]| v.iter().map(f64::to_string).collect::<Vec<_>>().join(",");
+    if !args.rtt_ms.is_empty() {
+        write!(cmd, " --rtt-ms {}", list(&args.rtt_ms))?;
+    }
+    if !args.loss.is_empty() {
+        write!(cmd, " --loss {}", list(&args.loss))?;
+    }
+    if args.rate_mbps != 500.0 {
+        write!(cmd, " --rate-mbps {}", args.rate_mbps)?;
+    }
     let mut md = String::new();
     writeln!(md, "# WAN lab benchmark\n")?;
     writeln!(md, "- machine: {}", machine())?;
@@ -486,9 +605,17 @@ pub fn run(args: WanArgs) -> Result<()> {
     )?;
     writeln!(
         md,
-        "- ferry rates are its data phase (`rate_bps`); file tools' rates are size / wall time (connection set-up included); a run past the {} s limit is stopped and counts what arrived\n",
-        bench.limit.as_secs()
+        "- ferry rates are its data phase (`rate_bps`); file tools' rates are size / wall time (connection set-up included); iperf3 runs {} s memory to memory",
+        iperf3_secs(bench.limit)
     )?;
+    writeln!(
+        md,
+        "- every run has a {} s cap: a run still going then is stopped, and its figure (marked †) is the goodput within the cap, bytes that arrived / wall time; the whole run took {:.0} min\n",
+        bench.limit.as_secs(),
+        took / 60.0
+    )?;
+    summary(&mut md, &bench.rows)?;
+    writeln!(md, "\n## Every run\n")?;
     writeln!(
         md,
         "| path | tool | Mbit/s | s | emulator CPU % of a core | note |"
@@ -500,7 +627,7 @@ pub fn run(args: WanArgs) -> Result<()> {
             "| {} | {} | {} | {:.1} | {} | {} |",
             r.path,
             r.tool,
-            r.mbps.map_or("–".into(), |m| format!("{m:.0}")),
+            cell(r),
             r.secs,
             r.emulator_cpu.map_or("–".into(), |c| format!("{c:.0}")),
             r.note
@@ -543,26 +670,118 @@ pub fn run(args: WanArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_paths(bench: &mut Bench, quick: bool) -> Result<()> {
-    let mut paths = vec![
-        WanPath {
-            rtt_ms: 50.0,
-            loss: 0.0,
-            rate_mbps: 500.0,
-        },
-        WanPath {
-            rtt_ms: 100.0,
-            loss: 0.01,
-            rate_mbps: 500.0,
-        },
-    ];
-    if !quick {
-        paths.push(WanPath {
-            rtt_ms: 200.0,
-            loss: 0.05,
-            rate_mbps: 500.0,
-        });
+/// The paths to run: `--quick`'s two, or the grid of `--rtt-ms` × `--loss`.
+fn grid(args: &WanArgs) -> Vec<WanPath> {
+    let path = |rtt_ms, loss| WanPath {
+        rtt_ms,
+        loss,
+        rate_mbps: args.rate_mbps,
+    };
+    if args.quick && args.rtt_ms.is_empty() && args.loss.is_empty() {
+        return vec![path(50.0, 0.0), path(100.0, 0.01)];
     }
+    let rtts = if args.rtt_ms.is_empty() {
+        vec![0.0, 50.0, 100.0, 200.0, 400.0]
+    } else {
+        args.rtt_ms.clone()
+    };
+    let losses = if args.loss.is_empty() {
+        vec![0.0, 0.001, 0.01, 0.05]
+    } else {
+        args.loss.clone()
+    };
+    rtts.iter()
+        .flat_map(|&r| losses.iter().map(move |&l| (r, l)))
+        .map(|(r, l)| path(r, l))
+        .collect()
+}
+
+/// Seconds the runs of `paths` take: (a rough expectation, the bound when every run hits
+/// `limit`). The expectation's model, from earlier runs here: about 4 s of set-up a path
+/// (lab, ferryd, sshd); ferry at 0.9 of the link minus loss, after 1 s and 4 RTTs of set-up;
+/// scp and rsync held by OpenSSH's 2 MiB channel window to 2 MiB a round trip and to 45 %
+/// of the link (measured 213 Mbit/s at 50 ms); uftp at 30 % of the link; iperf3 its fixed
+/// time and 1.5 s.
+fn estimate(paths: &[WanPath], bytes: u64, limit: Duration) -> (f64, f64) {
+    let cap = limit.as_secs_f64();
+    let iperf = 2.0 * (iperf3_secs(limit) as f64 + 1.5);
+    let mut lo = 0.0;
+    let mut hi = 0.0;
+    let mbit = bytes as f64 * 8.0 / 1e6;
+    for p in paths {
+        let rtt = p.rtt_ms / 1e3;
+        let link = p.rate_mbps * (1.0 - p.loss);
+        let ferry = (1.0 + 4.0 * rtt + mbit / (0.9 * link)).min(cap);
+        // 2 MiB a round trip, in Mbit.
+        let ssh_rate = (0.45 * p.rate_mbps).min(16.777 / rtt.max(1e-3));
+        let ssh = (1.0 + mbit / ssh_rate).min(cap);
+        let uftp = (2.0 + mbit / (0.3 * link)).min(cap);
+        lo += 4.0 + iperf + 2.0 * ferry + 2.0 * ssh + uftp;
+        hi += 4.0 + iperf + 5.0 * cap;
+    }
+    (lo, hi)
+}
+
+/// A table cell: the rate, † when the run was stopped at its cap.
+fn cell(r: &Row) -> String {
+    match r.mbps {
+        Some(m) if r.capped => format!("{m:.0} †"),
+        Some(m) => format!("{m:.0}"),
+        None => "–".into(),
+    }
+}
+
+/// One line per path, one column per tool, and ferry (fair) against the best kernel TCP
+/// and against scp.
+fn summary(md: &mut String, rows: &[Row]) -> Result<()> {
+    let mut tools: Vec<&str> = Vec::new();
+    let mut paths: Vec<&str> = Vec::new();
+    for r in rows {
+        if !tools.contains(&r.tool.as_str()) {
+            tools.push(&r.tool);
+        }
+        if !paths.contains(&r.path.as_str()) {
+            paths.push(&r.path);
+        }
+    }
+    writeln!(
+        md,
+        "## Goodput, Mbit/s († stopped at the cap: goodput within it)\n"
+    )?;
+    writeln!(
+        md,
+        "| path | {} | ferry (fair) ÷ best TCP | ferry (fair) ÷ scp |",
+        tools.join(" | ")
+    )?;
+    writeln!(md, "|---|{}---|---|", "---|".repeat(tools.len()))?;
+    for p in paths {
+        let find = |t: &str| rows.iter().find(|r| r.path == p && r.tool == t);
+        let rate = |t: &str| find(t).and_then(|r| r.mbps);
+        let cells: Vec<String> = tools
+            .iter()
+            .map(|t| find(t).map_or("–".into(), cell))
+            .collect();
+        let ferry = rate("ferry (fair)");
+        let tcp = match (rate("iperf3 TCP cubic"), rate("iperf3 TCP bbr")) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) {
+            (Some(x), Some(y)) if y > 0.0 => format!("{:.1}", x / y),
+            _ => "–".into(),
+        };
+        writeln!(
+            md,
+            "| {p} | {} | {} | {} |",
+            cells.join(" | "),
+            ratio(ferry, tcp),
+            ratio(ferry, rate("scp (OpenSSH)"))
+        )?;
+    }
+    Ok(())
+}
+
+fn run_paths(bench: &mut Bench, paths: &[WanPath]) -> Result<()> {
     random_file(&bench.src, bench.bytes)?;
     let srv = bench.dir.join("srv");
     crate::demo::run_checked(Command::new(bench.bin.join("ferryd")).arg("init").arg(&srv))?;
@@ -580,8 +799,15 @@ fn run_paths(bench: &mut Bench, quick: bool) -> Result<()> {
     let public = fs::read_to_string(bench.dir.join("id.pub"))?;
     fs::write(srv.join("authorized_keys"), &public)?;
     let sshd = Path::new("/usr/sbin/sshd").exists();
-    for p in &paths {
-        eprintln!("==> path {}", p.label());
+    let started = Instant::now();
+    for (i, p) in paths.iter().enumerate() {
+        eprintln!(
+            "==> path {} of {}: {} ({:.0} min so far)",
+            i + 1,
+            paths.len(),
+            p.label(),
+            started.elapsed().as_secs_f64() / 60.0
+        );
         let link = LinkArgs {
             rtt_ms: p.rtt_ms,
             loss: p.loss,
@@ -643,8 +869,76 @@ impl Bench {
             tool: tool.into(),
             mbps: None,
             secs: 0.0,
+            capped: false,
             emulator_cpu: None,
             note: format!("skipped: {why}"),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        wan: WanArgs,
+    }
+
+    fn args(a: &[&str]) -> WanArgs {
+        Cli::parse_from(std::iter::once("wan").chain(a.iter().copied())).wan
+    }
+
+    #[test]
+    fn the_full_grid_is_every_rtt_by_every_loss() {
+        let p = grid(&args(&[]));
+        assert_eq!(p.len(), 20);
+        assert!(p.iter().all(|p| p.rate_mbps == 500.0));
+        assert!(p.iter().any(|p| p.rtt_ms == 400.0 && p.loss == 0.05));
+        assert!(p.iter().any(|p| p.rtt_ms == 0.0 && p.loss == 0.001));
+        assert_eq!(grid(&args(&["--quick"])).len(), 2);
+        let some = grid(&args(&["--rtt-ms", "200", "--loss", "0.01,0.05"]));
+        assert_eq!(some.len(), 2);
+        assert!(some.iter().all(|p| p.rtt_ms == 200.0));
+    }
+
+    #[test]
+    fn the_estimate_is_bounded_by_the_caps() {
+        let paths = grid(&args(&[]));
+        let limit = Duration::from_secs(60);
+        let (lo, hi) = estimate(&paths, 512 << 20, limit);
+        // Per path: set-up, two iperf3 runs of 20 s, five file transfers at their cap.
+        assert_eq!(hi, 20.0 * (4.0 + 2.0 * 21.5 + 5.0 * 60.0));
+        assert!(lo > 0.0 && lo < hi);
+        // A tiny file finishes well inside its caps.
+        let (small, _) = estimate(&paths, 1 << 20, limit);
+        assert!(small < lo / 2.0);
+    }
+
+    #[test]
+    fn capped_runs_are_marked_in_the_summary() {
+        let row = |tool: &str, mbps, capped| Row {
+            path: "p".into(),
+            rtt_ms: 200.0,
+            loss: 0.01,
+            tool: tool.into(),
+            mbps: Some(mbps),
+            secs: 60.0,
+            capped,
+            emulator_cpu: None,
+            note: String::new(),
+        };
+        let rows = [
+            row("ferry (fair)", 450.0, false),
+            row("iperf3 TCP cubic", 2.0, false),
+            row("iperf3 TCP bbr", 90.0, false),
+            row("scp (OpenSSH)", 30.0, true),
+        ];
+        let mut md = String::new();
+        summary(&mut md, &rows).unwrap();
+        let line = md.lines().last().unwrap();
+        assert_eq!(line, "| p | 450 | 2 | 90 | 30 † | 5.0 | 15.0 |");
     }
 }

@@ -352,6 +352,8 @@ const SOCKET_BUFFER: usize = 16 << 20;
 /// How long a receiving session that holds every block waits for the sender's checksums
 /// of its complete files before failing them.
 const DIGEST_WAIT: Duration = Duration::from_secs(15);
+/// Files at least this large are preallocated when their first block arrives.
+const PREALLOCATE_FROM: u64 = 1 << 20;
 /// A datagram that wakes the data thread to look at its command queue.
 pub(crate) const WAKE: &[u8] = b"ferry-wake";
 
@@ -768,7 +770,11 @@ impl Files {
             skipped,
             dirty: Default::default(),
             checkpointer: Checkpointer::default(),
-            finisher: Finisher::default(),
+            finisher: {
+                let mut f = Finisher::default();
+                f.set_inline(spec.no_fsync || crate::finisher::sync_is_free(&spec.root));
+                f
+            },
             entries: spec.files.clone(),
             open: HashMap::new(),
             block_size: spec.block_size,
@@ -890,9 +896,14 @@ impl Files {
                 }
                 r => r?,
             };
-            // Allocate the whole file now, in one call, rather than page by page as blocks
-            // arrive; on filesystems without fallocate this only sets the length.
-            ferry_io::file::preallocate(&f, self.entries[index as usize].whole_size())?;
+            // Allocate a large file now, in one call, rather than page by page as blocks
+            // arrive (on filesystems without fallocate this only sets the length). A small
+            // one is written in a block or two: the call would cost more than it saves
+            // (on tmpfs it even zeroes pages that the write then fills).
+            let size = self.entries[index as usize].whole_size();
+            if size >= PREALLOCATE_FROM {
+                ferry_io::file::preallocate(&f, size)?;
+            }
             self.open.insert(index, f);
         }
         Ok(&self.open[&index])

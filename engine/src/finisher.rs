@@ -108,6 +108,25 @@ pub(crate) struct Finisher {
     pending: usize,
     /// Where to wake the data thread.
     wake: Option<SocketAddr>,
+    /// Finish on the caller's thread.
+    inline: bool,
+}
+
+/// Whether `fdatasync` on the filesystem holding `dir` is free: memory filesystems have no
+/// disk to wait for.
+pub(crate) fn sync_is_free(dir: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs fills the struct it is given; `c` is a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    matches!(st.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC)
 }
 
 struct Pool {
@@ -123,8 +142,17 @@ impl Finisher {
         self.wake = Some(addr);
     }
 
-    /// Hands a complete file over.
+    /// Finishes files here and now instead: where a sync costs nothing (tmpfs, or
+    /// `--no-fsync`), handing a file to another thread would cost more than finishing it.
+    pub(crate) fn set_inline(&mut self, inline: bool) {
+        self.inline = inline;
+    }
+
+    /// Hands a complete file over (or, inline, finishes it at once).
     pub(crate) fn submit(&mut self, job: Job) -> io::Result<()> {
+        if self.inline {
+            return job.run();
+        }
         let pool = match &mut self.pool {
             Some(p) => p,
             None => self.pool.insert(Pool::start(self.wake)?),

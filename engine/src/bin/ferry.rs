@@ -138,7 +138,7 @@ struct Options {
     #[arg(long, default_value = "60MB", value_parser = parse_size)]
     split_threshold: u64,
     /// How long each session waits after the one before it started, at most: a session
-    /// starts as soon as the one before it moves data, or after this interval.
+    /// starts as soon as the one before it has logged in, or after this interval.
     #[arg(long, default_value = "1s", value_parser = retry::parse_duration)]
     session_interval: Duration,
     /// Cluster nodes sharing the destination storage, `HOST[:PORT],...`: the sessions are
@@ -1136,6 +1136,7 @@ fn upload_session(
         },
         &target,
     )?;
+    tracker.connected(slot);
     let plane = tracker.plane(&server_tcp)?;
     let sums = source_sums(&job.files, &job.locals, level)?;
     let mut params = params(o, block, rtt);
@@ -1489,6 +1490,7 @@ fn download_session(
         ..o.clone()
     };
     let (mut control, rtt) = connect(&node_opts, &target)?;
+    tracker.connected(slot);
     let plane = tracker.plane(&server_tcp)?;
     let mut params = params(o, block, rtt);
     params.resume_level = level;
@@ -1658,6 +1660,8 @@ struct Tracker {
     /// Each session's payload bytes, as planned (until its own total is known).
     planned: Vec<u64>,
     ended: Vec<AtomicBool>,
+    /// Each session's control channel is up (the next one may start connecting).
+    connected: Vec<AtomicBool>,
     /// A session failed: no more are started (the running ones finish their part).
     failed: AtomicBool,
     plane: OnceLock<Result<DataPlane, String>>,
@@ -1674,6 +1678,7 @@ impl Tracker {
             progress: (0..n).map(|_| OnceLock::new()).collect(),
             planned,
             ended: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            connected: (0..n).map(|_| AtomicBool::new(false)).collect(),
             failed: AtomicBool::new(false),
             plane: OnceLock::new(),
             changed: (Mutex::new(()), Condvar::new()),
@@ -1706,6 +1711,12 @@ impl Tracker {
         self.changed.1.notify_all();
     }
 
+    /// Session `slot`'s control channel is up.
+    fn connected(&self, slot: usize) {
+        self.connected[slot].store(true, Ordering::Relaxed);
+        self.notify();
+    }
+
     fn started(&self, slot: usize, progress: Arc<data::Progress>) {
         let _ = self.progress[slot].set(progress);
         self.notify();
@@ -1723,14 +1734,13 @@ impl Tracker {
         self.failed.load(Ordering::Relaxed)
     }
 
-    /// Waits until session `slot` moves data, ends, or `interval` has passed.
+    /// Waits until session `slot` has its control channel up (logins go one after
+    /// another, not all at once), ends, or `interval` has passed.
     fn wait_for_start(&self, slot: usize, interval: Duration) {
         let deadline = Instant::now() + interval;
         let mut guard = self.changed.0.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            let moving = self.progress[slot]
-                .get()
-                .is_some_and(|p| p.started.load(Ordering::Relaxed));
+            let moving = self.connected[slot].load(Ordering::Relaxed);
             let now = Instant::now();
             if moving
                 || self.ended[slot].load(Ordering::Relaxed)

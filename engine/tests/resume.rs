@@ -588,3 +588,96 @@ fn an_interrupted_tree_upload_skips_the_complete_files_and_resumes_the_partial_o
     assert_eq!(run.json_u64("skipped"), Some(1));
     assert_eq!(leftovers(&s.docroot), Vec::<String>::new());
 }
+
+/// A disk that fills up while an upload runs (something else takes the space the
+/// preallocated partial left): the upload fails with 35 (disk full), ferryd stays up, the
+/// partial keeps its last good checkpoint and nothing but it, and once the space is freed
+/// the upload resumes from it rather than starting again.
+#[test]
+fn a_disk_that_fills_mid_upload_gives_35_and_the_partial_resumes_once_space_is_freed() {
+    if !common::root_or_skip(
+        "a_disk_that_fills_mid_upload_gives_35_and_the_partial_resumes_once_space_is_freed",
+        "a tmpfs mounted as the docroot",
+    ) {
+        return;
+    }
+    let mut s = Server::init();
+    let docroot = s.docroot.clone();
+    s.mount_tmpfs(&docroot, 24);
+    s.run();
+    let size = 16 * MIB;
+    let src = s.dir("src").join("src.bin");
+    write_random_file(&src, size, 41);
+    let dest = s.docroot.join("src.bin");
+    let args = s.ferry_cmd(
+        "send",
+        &[
+            "-k".as_ref(),
+            "1".as_ref(),
+            "--retry".as_ref(),
+            "0".as_ref(),
+            "-l".as_ref(),
+            "16m".as_ref(),
+            "--policy".as_ref(),
+            "fixed".as_ref(),
+            src.as_os_str(),
+            s.remote("/").as_ref(),
+        ],
+    );
+    let mut running = s.spawn_ferry(&args);
+    let past = |l: &str| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .ok()
+            .and_then(|v| v["bytes"].as_u64())
+            .is_some_and(|b| b > 3 * MIB)
+    };
+    assert!(
+        running.wait_line(Duration::from_secs(60), past).is_some(),
+        "the upload never got past 3 MiB"
+    );
+    // The partial is preallocated whole; the next checkpoint finds no room.
+    let ballast = common::fill_disk(&s.docroot, "ballast");
+    let run = running.wait(common::FERRY_TIMEOUT);
+    s.assert_code(
+        &run,
+        35,
+        &format!("upload into a disk filled by {ballast} bytes"),
+    );
+    assert!(
+        run.stderr.contains("free space"),
+        "the message should say what to do: {}",
+        run.describe()
+    );
+    s.assert_alive("after the disk filled");
+    assert!(!dest.exists(), "the file got its final name");
+    let ckpt = Checkpoint::decode(&fs::read(checkpoint_path(&dest)).unwrap())
+        .expect("the last good checkpoint stays intact");
+    assert!(ckpt.bytes.len() >= 2 * MIB, "checkpoint: {ckpt:?}");
+    let mut left = leftovers(&s.docroot);
+    left.sort();
+    assert_eq!(
+        left,
+        ["src.bin.partial", "src.bin.partial.ckpt"],
+        "only the partial and its checkpoint may stay"
+    );
+
+    fs::remove_file(s.docroot.join("ballast")).unwrap();
+    let run = s.send(&[
+        "-k".as_ref(),
+        "1".as_ref(),
+        src.as_os_str(),
+        s.remote("/").as_ref(),
+    ]);
+    s.assert_ok(&run, "the upload again, space freed");
+    assert_same(&src, &dest, "after the disk was freed", &run);
+    assert_eq!(file_events(&run), [("src.bin".into(), "resumed".into())]);
+    let resumed = run.json_u64("resumed_bytes").unwrap();
+    assert!(resumed >= 2 * MIB, "{}", run.describe());
+    assert!(
+        first_sends(&run) < size - resumed + 2 * MIB,
+        "{}",
+        run.describe()
+    );
+    assert_eq!(leftovers(&s.docroot), Vec::<String>::new());
+    s.assert_alive("after the resumed upload");
+}

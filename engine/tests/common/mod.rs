@@ -761,3 +761,38 @@ pub fn listing(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Whether this process runs as root; when not, prints that `test` is skipped and why.
+/// Tests that mount filesystems or make network namespaces call it first and return early
+/// when it says no, so that an unprivileged `cargo test` passes and says what it left out.
+#[allow(dead_code)] // not every test binary uses it
+pub fn root_or_skip(test: &str, needs: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("SKIPPED {test}: it needs root ({needs})");
+    }
+    root
+}
+
+/// Fills the filesystem holding `dir` with a file `dir/NAME` until writes fail with
+/// ENOSPC; returns the bytes written. Panics on any other error.
+#[allow(dead_code)] // not every test binary uses it
+pub fn fill_disk(dir: &Path, name: &str) -> u64 {
+    let path = dir.join(name);
+    let mut f = fs::File::create(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut total = 0u64;
+    // Large writes first, then pages, so the last free page goes too.
+    for chunk in [1usize << 20, 4096, 512] {
+        let buf = vec![0xA5u8; chunk];
+        loop {
+            match f.write(&buf) {
+                Ok(0) => break,
+                Ok(n) => total += n as u64,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+    }
+    total
+}

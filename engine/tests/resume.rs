@@ -262,6 +262,97 @@ fn damaged_or_foreign_checkpoints_restart_the_file_cleanly() {
     }
 }
 
+/// The download side of the test above, where the client judges its own partial, plus two
+/// damages to the partial under an intact checkpoint, both ways: a partial cut shorter than
+/// what its checkpoint names, and a checkpoint whose partial is gone. Each restarts the
+/// file from nothing, and the result is exact with nothing left behind.
+#[test]
+fn damaged_checkpoints_or_partials_restart_cleanly_both_ways() {
+    let mut s = Server::start();
+    let src = s.dir("src").join("src.bin");
+    write_random_file(&src, 8 * MIB, 13);
+    let back = s.dir("back");
+    let served = s.docroot.join("src.bin");
+    fs::copy(&src, &served).unwrap();
+    let meta = fs::metadata(&src).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&served)
+        .unwrap()
+        .set_modified(meta.modified().unwrap())
+        .unwrap();
+    let cases = [
+        "truncated",
+        "bit flip",
+        "foreign",
+        "empty",
+        "short partial",
+        "no partial",
+    ];
+    for download in [false, true] {
+        let (from, dest, to) = if download {
+            (s.remote("/src.bin"), back.join("src.bin"), back.clone())
+        } else {
+            let up = s.docroot.join("up");
+            fs::create_dir_all(&up).unwrap();
+            (src.to_string_lossy().into_owned(), up.join("src.bin"), up)
+        };
+        for what in cases {
+            let what_ = format!("{what}, {}", if download { "download" } else { "upload" });
+            // Junk where the checkpoint says the source's bytes are: trusting it would
+            // show in the result.
+            let good = plant_partial(&src, &dest, 6 * MIB, true);
+            match what {
+                "short partial" => fs::File::options()
+                    .write(true)
+                    .open(partial_path(&dest))
+                    .unwrap()
+                    .set_len(3 * MIB)
+                    .unwrap(),
+                "no partial" => fs::remove_file(partial_path(&dest)).unwrap(),
+                _ => fs::write(checkpoint_path(&dest), damage(what, &good)).unwrap(),
+            }
+            let remote_to = s.remote("/up/");
+            let args: [&std::ffi::OsStr; 4] = if download {
+                ["-k".as_ref(), "1".as_ref(), from.as_ref(), to.as_os_str()]
+            } else {
+                [
+                    "-k".as_ref(),
+                    "1".as_ref(),
+                    from.as_ref(),
+                    remote_to.as_ref(),
+                ]
+            };
+            let run = if download {
+                s.recv(&args)
+            } else {
+                s.send(&args)
+            };
+            s.assert_ok(&run, &what_);
+            assert_same(&src, &dest, &what_, &run);
+            assert_eq!(
+                file_events(&run),
+                [("src.bin".into(), "sent".into())],
+                "{what_}"
+            );
+            assert_eq!(
+                run.json_u64("resumed"),
+                Some(0),
+                "{what_}: {}",
+                run.describe()
+            );
+            assert!(
+                first_reason(&run).starts_with("restarted"),
+                "{what_}: {}",
+                run.describe()
+            );
+            assert!(run.json_u64("bytes").unwrap() >= 8 * MIB, "{what_}");
+            assert_eq!(leftovers(&to), Vec::<String>::new(), "{what_}");
+            fs::remove_file(&dest).unwrap();
+        }
+    }
+}
+
 #[test]
 fn level_0_sends_everything_and_level_1_only_the_rest() {
     let mut s = Server::start();
@@ -408,10 +499,14 @@ fn overwrite_policies_against_existing_files_both_ways() {
     let newer = (&b"version three, newer"[..], 2_100_000_000);
     let cases = [
         ("never", older, false),
+        ("never", same, false),
         ("always", same, true),
+        ("always", newer, true),
         ("diff", same, false),
         ("diff", older, true),
+        ("diff", newer, true),
         ("older", older, true),
+        ("older", same, false),
         ("older", newer, false),
         ("diff+older", same, false),
         ("diff+older", newer, false),
@@ -458,7 +553,49 @@ fn overwrite_policies_against_existing_files_both_ways() {
             "download, {what}"
         );
     }
+    // Nothing there: every policy sends, `never` included.
+    let back = s.dir("back");
+    for policy in ["never", "always", "diff", "older", "diff+older"] {
+        let what = format!("--overwrite {policy} with no destination");
+        fs::remove_file(&dest).unwrap();
+        let run = s.send(&[
+            "--overwrite".as_ref(),
+            policy.as_ref(),
+            src.as_os_str(),
+            s.remote("/").as_ref(),
+        ]);
+        s.assert_ok(&run, &what);
+        assert_eq!(
+            file_events(&run),
+            [("f.txt".into(), "sent".into())],
+            "{what}"
+        );
+        assert_eq!(
+            fs::read(&dest).unwrap(),
+            b"the source, version two",
+            "{what}"
+        );
+        fs::remove_file(back.join("f.txt")).unwrap();
+        let run = s.recv(&[
+            "--overwrite".as_ref(),
+            policy.as_ref(),
+            s.remote("/f.txt").as_ref(),
+            back.as_os_str(),
+        ]);
+        s.assert_ok(&run, &what);
+        assert_eq!(
+            file_events(&run),
+            [("f.txt".into(), "sent".into())],
+            "{what}"
+        );
+        assert_eq!(
+            fs::read(back.join("f.txt")).unwrap(),
+            b"the source, version two",
+            "download, {what}"
+        );
+    }
     assert_eq!(leftovers(&s.docroot), Vec::<String>::new());
+    assert_eq!(leftovers(&back), Vec::<String>::new());
 }
 
 #[test]

@@ -67,6 +67,12 @@ pub struct Server {
     pub known_hosts: PathBuf,
     pub tcp_port: u16,
     pub udp_port: u16,
+    /// The address clients reach ferryd at (`127.0.0.1` unless it runs in a namespace).
+    pub host: String,
+    /// The network namespace ferryd runs in (`ip netns exec`), if any.
+    pub netns: Option<String>,
+    /// The network namespace ferry runs in, if any.
+    pub client_netns: Option<String>,
     child: Option<Child>,
     mounts: Vec<PathBuf>,
     ferry_runs: u32,
@@ -109,6 +115,9 @@ impl Server {
             known_hosts,
             tcp_port: 0,
             udp_port: 0,
+            host: "127.0.0.1".into(),
+            netns: None,
+            client_netns: None,
             child: None,
             mounts: Vec::new(),
             ferry_runs: 0,
@@ -163,7 +172,7 @@ impl Server {
     pub fn run(&mut self) {
         assert!(self.child.is_none(), "already running");
         let err = fs::File::create(self.stderr_path()).unwrap();
-        let mut child = Command::new(FERRYD)
+        let mut child = command_in(self.netns.as_deref(), FERRYD)
             .arg("run")
             .arg("--config")
             .arg(self.srv.join("ferryd.toml"))
@@ -287,9 +296,9 @@ impl Server {
         v
     }
 
-    /// `USER@127.0.0.1:PATH`.
+    /// `USER@HOST:PATH` (`127.0.0.1` unless ferryd runs in a namespace).
     pub fn remote(&self, path: &str) -> String {
-        format!("{USER}@127.0.0.1:{path}")
+        format!("{USER}@{}:{path}", self.host)
     }
 
     /// Starts ferry with exactly `args` (after the program name).
@@ -299,7 +308,7 @@ impl Server {
             .tmp
             .path()
             .join(format!("ferry-{}.err", self.ferry_runs));
-        Running::spawn(args, &err)
+        Running::spawn(self.client_netns.as_deref(), args, &err)
     }
 
     /// Runs ferry with exactly `args` to its end.
@@ -374,6 +383,19 @@ impl Drop for Server {
     }
 }
 
+/// `program`, run in the network namespace `netns` (through `ip netns exec`, which execs
+/// it: the child's pid is the program's) or in this one.
+fn command_in(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, program]);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
 /// A ferry process under way; stdout lines arrive on `lines`.
 pub struct Running {
     child: Child,
@@ -385,9 +407,9 @@ pub struct Running {
 }
 
 impl Running {
-    fn spawn<S: AsRef<OsStr>>(args: &[S], stderr_path: &Path) -> Running {
+    fn spawn<S: AsRef<OsStr>>(netns: Option<&str>, args: &[S], stderr_path: &Path) -> Running {
         let err = fs::File::create(stderr_path).unwrap();
-        let mut child = Command::new(FERRY)
+        let mut child = command_in(netns, FERRY)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -346,11 +346,13 @@ fn checked(
     Ok(ckpt)
 }
 
-/// Removes `NAME.partial.ckpt` and `NAME.partial`, the checkpoint first, and the
-/// checkpoints of split pieces (looked for only when there was a partial).
+/// Removes `NAME.partial.ckpt` (and a temporary one beside it) and `NAME.partial`, the
+/// checkpoint first, and the checkpoints of split pieces (looked for only when there was a
+/// partial).
 pub fn discard_partial(path: &Path) -> io::Result<()> {
     let mut had_partial = false;
-    for p in [checkpoint_path(path), partial_path(path)] {
+    let ckpt = checkpoint_path(path);
+    for p in [temporary(&ckpt), ckpt, partial_path(path)] {
         match fs::remove_file(&p) {
             Ok(()) => had_partial = p.extension().is_some_and(|e| e == "partial"),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -370,10 +372,21 @@ pub fn write_checkpoint(path: &Path, ckpt: &Checkpoint) -> io::Result<()> {
 }
 
 /// Writes a checkpoint atomically at `target` (a whole file's or a piece's).
+///
+/// A write that fails (a full disk) removes its temporary file: the previous checkpoint
+/// stays the one that counts, and nothing else is left beside the partial.
 pub fn write_checkpoint_to(target: &Path, ckpt: &Checkpoint) -> io::Result<()> {
-    let tmp = with_suffix(target, ".tmp");
-    fs::write(&tmp, ckpt.encode())?;
-    fs::rename(&tmp, target)
+    let tmp = temporary(target);
+    let written = fs::write(&tmp, ckpt.encode()).and_then(|()| fs::rename(&tmp, target));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Where a checkpoint at `target` is written before its rename.
+fn temporary(target: &Path) -> PathBuf {
+    with_suffix(target, ".tmp")
 }
 
 /// Removes the checkpoint of the file at `path`, if any.
@@ -381,12 +394,16 @@ pub fn remove_checkpoint(path: &Path) -> io::Result<()> {
     remove_checkpoint_at(&checkpoint_path(path))
 }
 
-/// Removes the checkpoint file `target` (a whole file's or a piece's), if any.
+/// Removes the checkpoint file `target` (a whole file's or a piece's), if any, and the
+/// temporary one a process killed between its write and its rename left.
 pub fn remove_checkpoint_at(target: &Path) -> io::Result<()> {
-    match fs::remove_file(target) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+    for p in [temporary(target), target.to_path_buf()] {
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -581,6 +598,45 @@ mod tests {
             let plan = plan_file(&p, &e, 100, level(l), Some(&sums)).unwrap();
             assert_eq!(plan.action, FileAction::Resume, "-k {l}: {}", plan.reason);
         }
+    }
+
+    #[test]
+    fn a_checkpoint_that_cannot_be_written_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let c = Checkpoint {
+            block_size: 100,
+            size: 1000,
+            mtime: (1, 2),
+            bytes: RangeSet::from_ranges(std::iter::once(0..500)),
+        };
+        // The rename fails: a non-empty directory stands where the checkpoint goes (the
+        // same path a full disk takes when the write itself fails).
+        fs::create_dir_all(checkpoint_path(&p).join("x")).unwrap();
+        assert!(write_checkpoint(&p, &c).is_err());
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["f.partial.ckpt"], "a temporary file stayed");
+    }
+
+    #[test]
+    fn a_temporary_checkpoint_left_by_a_crash_goes_with_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let tmp = with_suffix(&checkpoint_path(&p), ".tmp");
+        // A file that restarts.
+        fs::write(partial_path(&p), b"x").unwrap();
+        fs::write(&tmp, b"half").unwrap();
+        discard_partial(&p).unwrap();
+        assert!(!tmp.exists(), "discard_partial left {}", tmp.display());
+        // A file that completes.
+        fs::write(checkpoint_path(&p), b"c").unwrap();
+        fs::write(&tmp, b"half").unwrap();
+        remove_checkpoint(&p).unwrap();
+        assert!(!tmp.exists(), "remove_checkpoint left {}", tmp.display());
+        assert!(!checkpoint_path(&p).exists());
     }
 
     impl ResumePolicy {

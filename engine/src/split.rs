@@ -111,10 +111,7 @@ pub fn held(path: &Path, whole_size: u64, mtime: (i64, u32)) -> Result<RangeSet,
 /// Removes every checkpoint of the file at `path` (the whole file's and its pieces').
 pub fn remove_checkpoints(path: &Path) -> io::Result<()> {
     for f in checkpoint_files(path)? {
-        match fs::remove_file(&f) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
+        resume::remove_checkpoint_at(&f)?;
     }
     Ok(())
 }

@@ -611,3 +611,47 @@ fn a_source_that_grows_during_the_transfer_is_reported_not_delivered() {
     );
     s.assert_alive("after a source grew under the sender");
 }
+
+/// The download side: ferryd's source grows while ferryd sends it. The client fails with
+/// 37, keeps no final-named file, and ferryd stays up.
+#[test]
+fn a_source_that_grows_during_a_download_is_reported_not_delivered() {
+    let mut s = Server::start();
+    let src = s.docroot.join("grows.bin");
+    write_random_file(&src, 8 * MIB, 38);
+    let back = s.dir("back");
+    let cmd = s.ferry_cmd(
+        "recv",
+        &[
+            "--retry".as_ref(),
+            "0".as_ref(),
+            "-l".as_ref(),
+            "8m".as_ref(),
+            "--policy".as_ref(),
+            "fixed".as_ref(),
+            s.remote("/grows.bin").as_ref(),
+            back.as_os_str(),
+        ],
+    );
+    let mut running = s.spawn_ferry(&cmd);
+    let moving = running.wait_line(Duration::from_secs(60), |l| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .is_ok_and(|v| v["event"] == "progress" && v["bytes"].as_u64().is_some_and(|b| b > 0))
+    });
+    assert!(moving.is_some(), "the transfer never moved");
+    use std::io::Write as _;
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&src)
+        .unwrap()
+        .write_all(&[1u8; 4096])
+        .unwrap();
+    let run = running.wait(common::FERRY_TIMEOUT);
+    s.assert_code(&run, 37, "a served file that grew during the download");
+    assert!(
+        !back.join("grows.bin").exists(),
+        "the changed file was delivered under its final name: {:?}",
+        listing(&back)
+    );
+    s.assert_alive("after a served source grew");
+}

@@ -262,6 +262,97 @@ fn damaged_or_foreign_checkpoints_restart_the_file_cleanly() {
     }
 }
 
+/// The download side of the test above, where the client judges its own partial, plus two
+/// damages to the partial under an intact checkpoint, both ways: a partial cut shorter than
+/// what its checkpoint names, and a checkpoint whose partial is gone. Each restarts the
+/// file from nothing, and the result is exact with nothing left behind.
+#[test]
+fn damaged_checkpoints_or_partials_restart_cleanly_both_ways() {
+    let mut s = Server::start();
+    let src = s.dir("src").join("src.bin");
+    write_random_file(&src, 8 * MIB, 13);
+    let back = s.dir("back");
+    let served = s.docroot.join("src.bin");
+    fs::copy(&src, &served).unwrap();
+    let meta = fs::metadata(&src).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&served)
+        .unwrap()
+        .set_modified(meta.modified().unwrap())
+        .unwrap();
+    let cases = [
+        "truncated",
+        "bit flip",
+        "foreign",
+        "empty",
+        "short partial",
+        "no partial",
+    ];
+    for download in [false, true] {
+        let (from, dest, to) = if download {
+            (s.remote("/src.bin"), back.join("src.bin"), back.clone())
+        } else {
+            let up = s.docroot.join("up");
+            fs::create_dir_all(&up).unwrap();
+            (src.to_string_lossy().into_owned(), up.join("src.bin"), up)
+        };
+        for what in cases {
+            let what_ = format!("{what}, {}", if download { "download" } else { "upload" });
+            // Junk where the checkpoint says the source's bytes are: trusting it would
+            // show in the result.
+            let good = plant_partial(&src, &dest, 6 * MIB, true);
+            match what {
+                "short partial" => fs::File::options()
+                    .write(true)
+                    .open(partial_path(&dest))
+                    .unwrap()
+                    .set_len(3 * MIB)
+                    .unwrap(),
+                "no partial" => fs::remove_file(partial_path(&dest)).unwrap(),
+                _ => fs::write(checkpoint_path(&dest), damage(what, &good)).unwrap(),
+            }
+            let remote_to = s.remote("/up/");
+            let args: [&std::ffi::OsStr; 4] = if download {
+                ["-k".as_ref(), "1".as_ref(), from.as_ref(), to.as_os_str()]
+            } else {
+                [
+                    "-k".as_ref(),
+                    "1".as_ref(),
+                    from.as_ref(),
+                    remote_to.as_ref(),
+                ]
+            };
+            let run = if download {
+                s.recv(&args)
+            } else {
+                s.send(&args)
+            };
+            s.assert_ok(&run, &what_);
+            assert_same(&src, &dest, &what_, &run);
+            assert_eq!(
+                file_events(&run),
+                [("src.bin".into(), "sent".into())],
+                "{what_}"
+            );
+            assert_eq!(
+                run.json_u64("resumed"),
+                Some(0),
+                "{what_}: {}",
+                run.describe()
+            );
+            assert!(
+                first_reason(&run).starts_with("restarted"),
+                "{what_}: {}",
+                run.describe()
+            );
+            assert!(run.json_u64("bytes").unwrap() >= 8 * MIB, "{what_}");
+            assert_eq!(leftovers(&to), Vec::<String>::new(), "{what_}");
+            fs::remove_file(&dest).unwrap();
+        }
+    }
+}
+
 #[test]
 fn level_0_sends_everything_and_level_1_only_the_rest() {
     let mut s = Server::start();
@@ -408,10 +499,14 @@ fn overwrite_policies_against_existing_files_both_ways() {
     let newer = (&b"version three, newer"[..], 2_100_000_000);
     let cases = [
         ("never", older, false),
+        ("never", same, false),
         ("always", same, true),
+        ("always", newer, true),
         ("diff", same, false),
         ("diff", older, true),
+        ("diff", newer, true),
         ("older", older, true),
+        ("older", same, false),
         ("older", newer, false),
         ("diff+older", same, false),
         ("diff+older", newer, false),
@@ -458,7 +553,49 @@ fn overwrite_policies_against_existing_files_both_ways() {
             "download, {what}"
         );
     }
+    // Nothing there: every policy sends, `never` included.
+    let back = s.dir("back");
+    for policy in ["never", "always", "diff", "older", "diff+older"] {
+        let what = format!("--overwrite {policy} with no destination");
+        fs::remove_file(&dest).unwrap();
+        let run = s.send(&[
+            "--overwrite".as_ref(),
+            policy.as_ref(),
+            src.as_os_str(),
+            s.remote("/").as_ref(),
+        ]);
+        s.assert_ok(&run, &what);
+        assert_eq!(
+            file_events(&run),
+            [("f.txt".into(), "sent".into())],
+            "{what}"
+        );
+        assert_eq!(
+            fs::read(&dest).unwrap(),
+            b"the source, version two",
+            "{what}"
+        );
+        fs::remove_file(back.join("f.txt")).unwrap();
+        let run = s.recv(&[
+            "--overwrite".as_ref(),
+            policy.as_ref(),
+            s.remote("/f.txt").as_ref(),
+            back.as_os_str(),
+        ]);
+        s.assert_ok(&run, &what);
+        assert_eq!(
+            file_events(&run),
+            [("f.txt".into(), "sent".into())],
+            "{what}"
+        );
+        assert_eq!(
+            fs::read(back.join("f.txt")).unwrap(),
+            b"the source, version two",
+            "download, {what}"
+        );
+    }
     assert_eq!(leftovers(&s.docroot), Vec::<String>::new());
+    assert_eq!(leftovers(&back), Vec::<String>::new());
 }
 
 #[test]
@@ -587,4 +724,97 @@ fn an_interrupted_tree_upload_skips_the_complete_files_and_resumes_the_partial_o
     }
     assert_eq!(run.json_u64("skipped"), Some(1));
     assert_eq!(leftovers(&s.docroot), Vec::<String>::new());
+}
+
+/// A disk that fills up while an upload runs (something else takes the space the
+/// preallocated partial left): the upload fails with 35 (disk full), ferryd stays up, the
+/// partial keeps its last good checkpoint and nothing but it, and once the space is freed
+/// the upload resumes from it rather than starting again.
+#[test]
+fn a_disk_that_fills_mid_upload_gives_35_and_the_partial_resumes_once_space_is_freed() {
+    if !common::root_or_skip(
+        "a_disk_that_fills_mid_upload_gives_35_and_the_partial_resumes_once_space_is_freed",
+        "a tmpfs mounted as the docroot",
+    ) {
+        return;
+    }
+    let mut s = Server::init();
+    let docroot = s.docroot.clone();
+    s.mount_tmpfs(&docroot, 24);
+    s.run();
+    let size = 16 * MIB;
+    let src = s.dir("src").join("src.bin");
+    write_random_file(&src, size, 41);
+    let dest = s.docroot.join("src.bin");
+    let args = s.ferry_cmd(
+        "send",
+        &[
+            "-k".as_ref(),
+            "1".as_ref(),
+            "--retry".as_ref(),
+            "0".as_ref(),
+            "-l".as_ref(),
+            "16m".as_ref(),
+            "--policy".as_ref(),
+            "fixed".as_ref(),
+            src.as_os_str(),
+            s.remote("/").as_ref(),
+        ],
+    );
+    let mut running = s.spawn_ferry(&args);
+    let past = |l: &str| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .ok()
+            .and_then(|v| v["bytes"].as_u64())
+            .is_some_and(|b| b > 3 * MIB)
+    };
+    assert!(
+        running.wait_line(Duration::from_secs(60), past).is_some(),
+        "the upload never got past 3 MiB"
+    );
+    // The partial is preallocated whole; the next checkpoint finds no room.
+    let ballast = common::fill_disk(&s.docroot, "ballast");
+    let run = running.wait(common::FERRY_TIMEOUT);
+    s.assert_code(
+        &run,
+        35,
+        &format!("upload into a disk filled by {ballast} bytes"),
+    );
+    assert!(
+        run.stderr.contains("free space"),
+        "the message should say what to do: {}",
+        run.describe()
+    );
+    s.assert_alive("after the disk filled");
+    assert!(!dest.exists(), "the file got its final name");
+    let ckpt = Checkpoint::decode(&fs::read(checkpoint_path(&dest)).unwrap())
+        .expect("the last good checkpoint stays intact");
+    assert!(ckpt.bytes.len() >= 2 * MIB, "checkpoint: {ckpt:?}");
+    let mut left = leftovers(&s.docroot);
+    left.sort();
+    assert_eq!(
+        left,
+        ["src.bin.partial", "src.bin.partial.ckpt"],
+        "only the partial and its checkpoint may stay"
+    );
+
+    fs::remove_file(s.docroot.join("ballast")).unwrap();
+    let run = s.send(&[
+        "-k".as_ref(),
+        "1".as_ref(),
+        src.as_os_str(),
+        s.remote("/").as_ref(),
+    ]);
+    s.assert_ok(&run, "the upload again, space freed");
+    assert_same(&src, &dest, "after the disk was freed", &run);
+    assert_eq!(file_events(&run), [("src.bin".into(), "resumed".into())]);
+    let resumed = run.json_u64("resumed_bytes").unwrap();
+    assert!(resumed >= 2 * MIB, "{}", run.describe());
+    assert!(
+        first_sends(&run) < size - resumed + 2 * MIB,
+        "{}",
+        run.describe()
+    );
+    assert_eq!(leftovers(&s.docroot), Vec::<String>::new());
+    s.assert_alive("after the resumed upload");
 }

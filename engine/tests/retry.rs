@@ -200,3 +200,51 @@ fn a_source_that_changes_fails_by_default() {
     assert!(events(&r.stdout, "retry").is_empty(), "{}", r.describe());
     assert!(!s.docroot.join("grows.bin").exists());
 }
+
+/// The download side: ferryd's source grows while ferryd sends it. The client learns why
+/// over the control channel (37, not "the sender closed the session"), so `--on-change
+/// resend` fetches it again from its new state.
+#[test]
+fn a_served_source_that_changes_is_resent_from_its_new_state() {
+    let mut s = Server::start();
+    let src = s.docroot.join("grows.bin");
+    write_random_file(&src, 4 * MIB, 55);
+    let back = s.dir("back");
+    let cmd = s.ferry_cmd(
+        "recv",
+        &[
+            "-l".as_ref(),
+            "8m".as_ref(),
+            "--policy".as_ref(),
+            "fixed".as_ref(),
+            "--on-change".as_ref(),
+            "resend".as_ref(),
+            s.remote("/grows.bin").as_ref(),
+            back.as_os_str(),
+        ],
+    );
+    let mut run = s.spawn_ferry(&cmd);
+    let moving = run.wait_line(Duration::from_secs(60), |l| {
+        serde_json::from_str::<Value>(l)
+            .is_ok_and(|v| v["event"] == "progress" && v["bytes"].as_u64().is_some_and(|b| b > 0))
+    });
+    assert!(moving.is_some(), "no progress");
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&src)
+        .unwrap()
+        .write_all(&[7u8; 65_536])
+        .unwrap();
+    let r = run.wait(common::FERRY_TIMEOUT);
+    assert!(r.status.success(), "{}", r.describe());
+    let retries = events(&r.stdout, "retry");
+    assert_eq!(retries.len(), 1, "{}", r.describe());
+    assert_eq!(retries[0]["kind"], "resend");
+    assert_eq!(retries[0]["code"], 37);
+    assert!(
+        first_difference(&src, &back.join("grows.bin")).is_none(),
+        "{}",
+        r.describe()
+    );
+    assert!(common::leftovers(&back).is_empty());
+}

@@ -1566,6 +1566,15 @@ fn download_session(
         run_session(&plane, &mut control, spec, slot, tracker, o.json)?;
     let mut mismatch = None;
     if let Some(err) = report.error.take() {
+        // All this receiver saw of a failure on the server's side (a source that changed or
+        // vanished) is that the sender closed the session; the server's reason comes over
+        // the control channel, and it is the one to show (and to retry or resend by).
+        if err.0 == ErrorCode::PeerAborted
+            && let Ok(done) = control.wait_done(Some(Duration::from_secs(5)))
+            && let Some(server) = done.error()
+        {
+            return Err(server.into());
+        }
         if err.0 != ErrorCode::ChecksumMismatch || report.mismatched.is_empty() {
             return Err(err.into());
         }

@@ -69,6 +69,12 @@ pub struct Server {
     pub known_hosts: PathBuf,
     pub tcp_port: u16,
     pub udp_port: u16,
+    /// The address clients reach ferryd at (`127.0.0.1` unless it runs in a namespace).
+    pub host: String,
+    /// The network namespace ferryd runs in (`ip netns exec`), if any.
+    pub netns: Option<String>,
+    /// The network namespace ferry runs in, if any.
+    pub client_netns: Option<String>,
     child: Option<Child>,
     mounts: Vec<PathBuf>,
     ferry_runs: u32,
@@ -111,6 +117,9 @@ impl Server {
             known_hosts,
             tcp_port: 0,
             udp_port: 0,
+            host: "127.0.0.1".into(),
+            netns: None,
+            client_netns: None,
             child: None,
             mounts: Vec::new(),
             ferry_runs: 0,
@@ -165,7 +174,7 @@ impl Server {
     pub fn run(&mut self) {
         assert!(self.child.is_none(), "already running");
         let err = fs::File::create(self.stderr_path()).unwrap();
-        let mut child = Command::new(FERRYD)
+        let mut child = command_in(self.netns.as_deref(), FERRYD)
             .arg("run")
             .arg("--config")
             .arg(self.srv.join("ferryd.toml"))
@@ -289,9 +298,9 @@ impl Server {
         v
     }
 
-    /// `USER@127.0.0.1:PATH`.
+    /// `USER@HOST:PATH` (`127.0.0.1` unless ferryd runs in a namespace).
     pub fn remote(&self, path: &str) -> String {
-        format!("{USER}@127.0.0.1:{path}")
+        format!("{USER}@{}:{path}", self.host)
     }
 
     /// Starts ferry with exactly `args` (after the program name).
@@ -301,7 +310,7 @@ impl Server {
             .tmp
             .path()
             .join(format!("ferry-{}.err", self.ferry_runs));
-        Running::spawn(args, &err)
+        Running::spawn(self.client_netns.as_deref(), args, &err)
     }
 
     /// Runs ferry with exactly `args` and the environment variables `env` to its end.
@@ -312,7 +321,7 @@ impl Server {
             .tmp
             .path()
             .join(format!("ferry-{}.err", self.ferry_runs));
-        Running::spawn_env(args, env, &err).wait(FERRY_TIMEOUT)
+        Running::spawn_env(self.client_netns.as_deref(), args, env, &err).wait(FERRY_TIMEOUT)
     }
 
     /// Runs ferry with exactly `args` to its end.
@@ -387,6 +396,19 @@ impl Drop for Server {
     }
 }
 
+/// `program`, run in the network namespace `netns` (through `ip netns exec`, which execs
+/// it: the child's pid is the program's) or in this one.
+fn command_in(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, program]);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
 /// A ferry process under way; stdout lines arrive on `lines`.
 pub struct Running {
     child: Child,
@@ -398,17 +420,18 @@ pub struct Running {
 }
 
 impl Running {
-    fn spawn<S: AsRef<OsStr>>(args: &[S], stderr_path: &Path) -> Running {
-        Self::spawn_env(args, &[], stderr_path)
+    fn spawn<S: AsRef<OsStr>>(netns: Option<&str>, args: &[S], stderr_path: &Path) -> Running {
+        Self::spawn_env(netns, args, &[], stderr_path)
     }
 
     fn spawn_env<S: AsRef<OsStr>>(
+        netns: Option<&str>,
         args: &[S],
         env: &[(&str, &OsStr)],
         stderr_path: &Path,
     ) -> Running {
         let err = fs::File::create(stderr_path).unwrap();
-        let mut child = Command::new(FERRY)
+        let mut child = command_in(netns, FERRY)
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -782,4 +805,39 @@ pub fn listing(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     v.sort();
     v
+}
+
+/// Whether this process runs as root; when not, prints that `test` is skipped and why.
+/// Tests that mount filesystems or make network namespaces call it first and return early
+/// when it says no, so that an unprivileged `cargo test` passes and says what it left out.
+#[allow(dead_code)] // not every test binary uses it
+pub fn root_or_skip(test: &str, needs: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("SKIPPED {test}: it needs root ({needs})");
+    }
+    root
+}
+
+/// Fills the filesystem holding `dir` with a file `dir/NAME` until writes fail with
+/// ENOSPC; returns the bytes written. Panics on any other error.
+#[allow(dead_code)] // not every test binary uses it
+pub fn fill_disk(dir: &Path, name: &str) -> u64 {
+    let path = dir.join(name);
+    let mut f = fs::File::create(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut total = 0u64;
+    // Large writes first, then pages, so the last free page goes too.
+    for chunk in [1usize << 20, 4096, 512] {
+        let buf = vec![0xA5u8; chunk];
+        loop {
+            match f.write(&buf) {
+                Ok(0) => break,
+                Ok(n) => total += n as u64,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+    }
+    total
 }

@@ -185,9 +185,6 @@ pub struct SenderStats {
     pub first_data_at: Option<Timestamp>,
 }
 
-/// Read-ahead slots that new blocks leave free for re-sent ones.
-const RESEND_SLOTS: usize = 2;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Origin {
     New,
@@ -282,6 +279,8 @@ pub struct Sender<A: Aead = DefaultAead> {
     last_fb_recv_us: Option<(u64, u64)>,
     probe_deadline: Option<Timestamp>,
     probe_backoff: u32,
+    /// The block the last tail probe re-sends, until it leaves.
+    probe_block: Option<u64>,
     /// Smoothed time between feedbacks.
     feedback_gap: Duration,
     /// The receiver confirmed it holds everything.
@@ -378,6 +377,7 @@ impl<A: Aead> Sender<A> {
             last_fb_recv_us: None,
             probe_deadline: None,
             probe_backoff: 0,
+            probe_block: None,
             feedback_gap: Duration::from_millis(5),
             completed: false,
             paused: false,
@@ -685,10 +685,18 @@ impl<A: Aead> Sender<A> {
     }
 
     fn schedule_reads(&mut self) {
-        // New blocks leave a few slots for re-sends: when the window is full, new blocks
-        // wait in their slots, and a tail probe with no slot to be read into would never
-        // leave, nor ever reveal the losses that would empty the window.
-        let reserve = RESEND_SLOTS.min(self.reading.len().saturating_sub(1));
+        // When the window is full, new blocks wait in their slots; a tail probe with no
+        // slot to be read into would never leave, nor ever reveal the losses that would
+        // empty the window. It takes the newest new block's slot (read again later).
+        if self.free_slots.is_empty()
+            && self
+                .probe_block
+                .is_some_and(|b| self.resend_order.contains(&b))
+            && let Some(newest) = self.ready_new.pop_back()
+        {
+            self.free_slots.push(newest.slot);
+            self.next_new = self.next_new.min(newest.block);
+        }
         while let Some(&slot) = self.free_slots.last() {
             let (block, origin) = if let Some(b) = self.resend_order.pop_first() {
                 (b, Origin::Resend)
@@ -696,7 +704,6 @@ impl<A: Aead> Sender<A> {
                 (b, Origin::Copy)
             } else if self.next_new < self.manifest.total_blocks()
                 && self.next_new < self.cum + self.cfg.window_blocks
-                && self.free_slots.len() > reserve
             {
                 let block = self.next_new;
                 self.next_new += 1;
@@ -768,14 +775,14 @@ impl<A: Aead> Sender<A> {
     }
 
     /// The pacing rate for `ready`: as [`pacing_rate`](Self::pacing_rate), except that
-    /// while a tail probe is outstanding re-sent blocks leave at the controller's rate even
-    /// with the window full. A window full of datagrams lost beyond the receiver's highest
+    /// the tail probe itself leaves at the controller's rate even with the window full
+    /// (only it: other re-sends wait for the window, which the NACKs it brings will open). A window full of datagrams lost beyond the receiver's highest
     /// block is only ever emptied by what the probe reveals; held back by that very window
     /// (at a minimum rate of 0) the probe would never leave, and the session would stall
     /// for good.
     fn pacing_rate_for(&self, ready: &Ready) -> f64 {
         let rate = self.pacing_rate();
-        if rate <= 0.0 && self.probe_backoff > 0 && ready.origin != Origin::New {
+        if rate <= 0.0 && self.probe_block == Some(ready.block) && ready.origin == Origin::Resend {
             self.controller.rate()
         } else {
             rate
@@ -879,6 +886,9 @@ impl<A: Aead> Sender<A> {
             }
             Origin::Resend => {
                 flags |= data_flags::RETRANSMIT;
+                if self.probe_block == Some(ready.block) {
+                    self.probe_block = None;
+                }
                 self.stats.resent_bytes += u64::from(block.len);
                 self.resend_pending.remove(&ready.block);
                 self.resent_at.insert(ready.block, now);
@@ -1064,6 +1074,7 @@ impl<A: Aead> Sender<A> {
                 let probe = self.sent_frontier - 1;
                 self.stats.probes += 1;
                 self.probe_backoff += 1;
+                self.probe_block = Some(probe);
                 if probe >= self.cum && self.resend_pending.insert(probe) {
                     self.resend_order.insert(probe);
                 }
@@ -1348,7 +1359,7 @@ mod delivery_tests {
         s.sent_payload += 1 << 40;
         step(&mut s, now);
         assert!(!s.window_open());
-        assert!(s.ready_new.len() + RESEND_SLOTS >= cfg.read_ahead as usize);
+        assert_eq!(s.ready_new.len(), cfg.read_ahead as usize);
         let resent = s.stats.resent_bytes;
         s.probe_deadline = Some(now);
         s.handle_timeout(now);

@@ -30,24 +30,33 @@ pub fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
 /// Where the filesystem cannot allocate (`EOPNOTSUPP`, e.g. some network or FUSE
 /// filesystems) the size is set with `ftruncate` instead, which reserves nothing.
 pub fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    preallocate_range(file, 0, len)
+}
+
+/// As [`preallocate`], for bytes `[offset, offset + len)` only (one writer's piece of a
+/// file that several write); the size becomes at least `offset + len`.
+pub fn preallocate_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
     if len == 0 {
         return Ok(());
     }
-    let off_len = libc::off_t::try_from(len).map_err(|_| {
+    let too_far = || {
         io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("length {len} is beyond the largest file offset"),
+            format!("bytes {offset}+{len} lie beyond the largest file offset"),
         )
-    })?;
+    };
+    let end = offset.checked_add(len).ok_or_else(too_far)?;
+    let off = libc::off_t::try_from(offset).map_err(|_| too_far())?;
+    let off_len = libc::off_t::try_from(len).map_err(|_| too_far())?;
     loop {
         // SAFETY: plain syscall on a descriptor `file` keeps open for the call.
-        let ret = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, off_len) };
+        let ret = unsafe { libc::fallocate(file.as_raw_fd(), 0, off, off_len) };
         match cvt(ret) {
             Ok(_) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                if file.metadata()?.len() < len {
-                    file.set_len(len)?;
+                if file.metadata()?.len() < end {
+                    file.set_len(end)?;
                 }
                 return Ok(());
             }

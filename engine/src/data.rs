@@ -17,7 +17,7 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -352,20 +352,6 @@ const SOCKET_BUFFER: usize = 16 << 20;
 /// How long a receiving session that holds every block waits for the sender's checksums
 /// of its complete files before failing them.
 const DIGEST_WAIT: Duration = Duration::from_secs(15);
-/// Bytes an unprivileged writer may still put on the filesystem holding `path`.
-fn free_space(path: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs fills the struct it is given; `c` is a valid C string.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some(st.f_bavail.saturating_mul(st.f_frsize))
-}
-
-/// Files at least this large are preallocated when their first block arrives.
-const PREALLOCATE_FROM: u64 = 1 << 20;
 /// A datagram that wakes the data thread to look at its command queue.
 pub(crate) const WAKE: &[u8] = b"ferry-wake";
 
@@ -729,9 +715,6 @@ struct Files {
     checkpointer: Checkpointer,
     /// Receiver: finishes complete files (sync, stamp, rename) off the data thread.
     finisher: Finisher,
-    /// Receiver: the files land on a memory filesystem (tmpfs): nothing to preallocate,
-    /// nothing to wait for in a sync.
-    memory_fs: bool,
     block_size: u32,
     no_fsync: bool,
     /// Each file's in-order hash while it runs (`None`: no checksum, skipped, or done).
@@ -764,6 +747,7 @@ impl Files {
             .map(|i| plan(i).action == FileAction::Skip)
             .collect();
         let n = spec.files.len();
+        // On a memory filesystem (tmpfs) a sync waits for nothing: finish files in place.
         let memory_fs = spec.role == Role::Receiver && crate::finisher::sync_is_free(&spec.root);
         Files {
             checkpointed: (0..n)
@@ -791,7 +775,6 @@ impl Files {
                 f.set_inline(spec.no_fsync || memory_fs);
                 f
             },
-            memory_fs,
             entries: spec.files.clone(),
             open: HashMap::new(),
             block_size: spec.block_size,
@@ -917,23 +900,9 @@ impl Files {
             // arrive (on filesystems without fallocate this only sets the length). A small
             // one is written in a block or two: the call would cost more than it saves
             // (on tmpfs it even zeroes pages that the write then fills).
-            // On a memory filesystem it only costs (seconds for gigabytes on a busy tmpfs,
-            // all of it on the data thread). A piece reserves its own range.
-            // There, a full disk still shows up now: by the free space it reports.
-            let e = &self.entries[index as usize];
-            if e.whole_size() >= PREALLOCATE_FROM {
-                if self.memory_fs {
-                    let missing = e.size - self.received[index as usize].len().min(e.size);
-                    if free_space(&path).is_some_and(|free| free < missing) {
-                        return Err(io::Error::from_raw_os_error(libc::ENOSPC));
-                    }
-                } else {
-                    ferry_io::file::preallocate_range(&f, e.offset(), e.size)?;
-                }
-                if e.part.is_some() && f.metadata()?.len() < e.whole_size() {
-                    f.set_len(e.whole_size())?;
-                }
-            }
+            // The control plane preallocated it before the session started
+            // (`resume::preallocate_partial`): seconds for gigabytes on a busy tmpfs,
+            // which on this thread would stall every session of the lane.
             self.open.insert(index, f);
         }
         Ok(&self.open[&index])

@@ -389,6 +389,33 @@ fn temporary(target: &Path) -> PathBuf {
     with_suffix(target, ".tmp")
 }
 
+/// Files at least this large are preallocated before their session starts.
+pub const PREALLOCATE_FROM: u64 = 1 << 20;
+
+/// Makes room for `entry` (a whole file or a piece) in `NAME.partial` before its session
+/// starts, so that a full disk shows up before any data moves and the data thread never
+/// waits on the allocation (seconds for gigabytes on a busy tmpfs). A piece reserves its
+/// own range and sets the whole file's size. Small files are written in a block or two
+/// and skip it.
+pub fn preallocate_partial(path: &Path, entry: &FileEntry) -> io::Result<()> {
+    if entry.whole_size() < PREALLOCATE_FROM {
+        return Ok(());
+    }
+    let partial = partial_path(path);
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&partial)?;
+    // Blocks the partial already has (a resumed file) are not counted again.
+    ferry_io::file::preallocate_range(&f, entry.offset(), entry.size)?;
+    if f.metadata()?.len() < entry.whole_size() {
+        f.set_len(entry.whole_size())?;
+    }
+    Ok(())
+}
+
 /// Removes the checkpoint of the file at `path`, if any.
 pub fn remove_checkpoint(path: &Path) -> io::Result<()> {
     remove_checkpoint_at(&checkpoint_path(path))

@@ -1531,6 +1531,17 @@ fn download_session(
         })?;
     }
     let s = &manifest.session;
+    for (f, plan) in manifest.files.iter().zip(&plans) {
+        if plan.action != FileAction::Skip {
+            let path = dest.join(&f.path);
+            resume::preallocate_partial(&path, f).map_err(|e| {
+                Failure(
+                    ErrorCode::from_io(&e),
+                    format!("making room for {}: {e}", path.display()),
+                )
+            })?;
+        }
+    }
     let resumed_bytes = announce_plans(&manifest.files, &plans, s.block_size, o.json);
     let secret = ferry_engine::control::messages::secret_from_hex(&s.secret).ok_or_else(|| {
         Failure(

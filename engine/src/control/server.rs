@@ -1245,6 +1245,15 @@ fn prepare_upload<S: SessionStarter>(
     }
     let plans = claim_and_plan(shared, session, &targets, &req, block_size, resume)
         .inspect_err(|_| shared.claims.release(session))?;
+    for ((path, f), plan) in targets.iter().zip(&req.files).zip(&plans) {
+        if plan.action == crate::resume::FileAction::Skip {
+            continue;
+        }
+        crate::resume::preallocate_partial(path, f).map_err(|e| {
+            shared.claims.release(session);
+            io_error("cannot make room for", &f.path, &e)
+        })?;
+    }
     Ok(Prepared {
         spec: SessionSpec {
             role: Role::Receiver,

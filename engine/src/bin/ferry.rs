@@ -901,24 +901,42 @@ fn upload_pass(
     jobs: &[Job],
     level: u8,
 ) -> Result<(Pass, Vec<PathBuf>), Failure> {
-    let tracker = Tracker::new(jobs.iter().map(|j| j.bytes).collect());
+    let planned = jobs.iter().map(|j| j.bytes).collect();
+    let runs = run_sessions(o, nodes, planned, |i, node, tracker| {
+        upload_session(o, remote, node, &jobs[i], level, i, tracker)
+    })?;
+    let locals = jobs.iter().flat_map(|j| j.locals.iter().cloned()).collect();
+    Ok((combine(o, runs), locals))
+}
+
+/// Runs one session per planned share (`planned`: its payload bytes), each in its own
+/// thread with `session(index, node, tracker)`, on `nodes` round-robin: each starts once
+/// the one before it has logged in (or after `--session-interval`), and none starts
+/// after one has failed (those running finish their part, which a re-run with -k keeps).
+/// Reports progress meanwhile; returns every session's run, or the first failure.
+fn run_sessions(
+    o: &Options,
+    nodes: &[Node],
+    planned: Vec<u64>,
+    session: impl Fn(usize, &Node, &Tracker) -> Result<SessionRun, Failure> + Sync,
+) -> Result<Vec<SessionRun>, Failure> {
+    let count = planned.len();
+    let tracker = Tracker::new(planned);
     let results = std::thread::scope(|scope| {
         let mut threads = Vec::new();
-        for (i, job) in jobs.iter().enumerate() {
+        for i in 0..count {
             if i > 0 {
                 tracker.wait_for_start(i - 1, o.session_interval);
             }
             let node = &nodes[i % nodes.len()];
-            let tracker = &tracker;
+            let (tracker, session) = (&tracker, &session);
             threads.push(scope.spawn(move || {
-                let r = upload_session(o, remote, node, job, level, i, tracker);
+                let r = session(i, node, tracker);
                 tracker.ended(i, r.is_err());
                 r
             }));
             if tracker.failed() {
-                // A session failed: the transfer will; start no more of its sessions (the
-                // ones running finish their part, which a re-run with -k then keeps).
-                (i + 1..jobs.len()).for_each(|j| tracker.ended(j, false));
+                (i + 1..count).for_each(|j| tracker.ended(j, false));
                 break;
             }
         }
@@ -935,45 +953,7 @@ fn upload_pass(
             })
             .collect::<Vec<_>>()
     });
-    let runs: Vec<SessionRun> = results.into_iter().collect::<Result<_, _>>()?;
-    let data_secs = data_phase(&runs);
-    let mut pass = Pass {
-        outcome: Outcome {
-            files: 0,
-            plans: Vec::new(),
-            resumed_bytes: 0,
-            bytes: 0,
-            wire_bytes: 0,
-            retransmitted_bytes: 0,
-            data_secs,
-            checksum: o.checksum(),
-            repaired: 0,
-        },
-        files: Vec::new(),
-        digests: Vec::new(),
-        mismatched: Vec::new(),
-        mismatch: None,
-    };
-    let mut locals = Vec::new();
-    for (run, job) in runs.into_iter().zip(jobs) {
-        let base = pass.files.len() as u32;
-        let out = &mut pass.outcome;
-        out.files += run.files.len();
-        out.plans.extend(run.plans);
-        out.resumed_bytes += run.resumed_bytes;
-        out.bytes += run.bytes;
-        out.wire_bytes += run.report.wire_bytes;
-        out.retransmitted_bytes += run.report.retransmitted_bytes;
-        pass.mismatched
-            .extend(run.mismatched.iter().map(|&i| base + i));
-        pass.mismatch = pass.mismatch.or(run.mismatch);
-        let mut digests = run.report.digests;
-        digests.resize(run.files.len(), None);
-        pass.digests.extend(digests);
-        pass.files.extend(run.files);
-        locals.extend(job.locals.iter().cloned());
-    }
-    Ok((pass, locals))
+    results.into_iter().collect()
 }
 
 /// A server to open sessions with: the destination's host, or each of `--hosts`.
@@ -1368,39 +1348,10 @@ fn download(
             })
             .collect()
     };
-    let tracker = Tracker::new(jobs.iter().map(|j| j.1).collect());
-    let results = std::thread::scope(|scope| {
-        let mut threads = Vec::new();
-        for (i, (select, _)) in jobs.iter().enumerate() {
-            if i > 0 {
-                tracker.wait_for_start(i - 1, o.session_interval);
-            }
-            let node = &nodes[i % nodes.len()];
-            let (tracker, paths) = (&tracker, &paths);
-            threads.push(scope.spawn(move || {
-                let r = download_session(o, remote, node, paths, select, dest, level, i, tracker);
-                tracker.ended(i, r.is_err());
-                r
-            }));
-            if tracker.failed() {
-                (i + 1..jobs.len()).for_each(|j| tracker.ended(j, false));
-                break;
-            }
-        }
-        tracker.watch(o.json);
-        threads
-            .into_iter()
-            .map(|t| {
-                t.join().unwrap_or_else(|_| {
-                    Err(Failure(
-                        ErrorCode::Internal,
-                        "a session thread panicked".into(),
-                    ))
-                })
-            })
-            .collect::<Vec<_>>()
-    });
-    let runs: Vec<SessionRun> = results.into_iter().collect::<Result<_, _>>()?;
+    let planned = jobs.iter().map(|j| j.1).collect();
+    let runs = run_sessions(o, nodes.as_slice(), planned, |i, node, tracker| {
+        download_session(o, remote, node, &paths, &jobs[i].0, dest, level, i, tracker)
+    })?;
     Ok(combine(o, runs))
 }
 

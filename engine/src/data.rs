@@ -521,6 +521,16 @@ impl DataPlane {
     /// Applies a live change to session `id`; effective on the wire within a few
     /// milliseconds.
     pub fn control(&self, id: u32, op: SessionOp) -> Result<(), String> {
+        self.ask(id, |tx| Command::Control(id, op, tx))
+    }
+
+    /// Sends the lane running session `id` the command `make` builds around a reply
+    /// channel, and waits (2 s at most) for the lane's answer.
+    fn ask(
+        &self,
+        id: u32,
+        make: impl FnOnce(mpsc::Sender<Result<(), String>>) -> Command,
+    ) -> Result<(), String> {
         let lane = self
             .placement
             .lock()
@@ -529,7 +539,7 @@ impl DataPlane {
             .ok_or_else(|| format!("no session {id}"))?;
         let (tx, rx) = mpsc::channel();
         self.lanes[lane]
-            .send(Command::Control(id, op, tx))
+            .send(make(tx))
             .map_err(|_| "the data plane has stopped".to_string())?;
         rx.recv_timeout(Duration::from_secs(2))
             .map_err(|_| "the data plane did not answer".to_string())?
@@ -540,18 +550,7 @@ impl DataPlane {
     /// [`tunnel::pump`] connects to the peer. Datagrams that still come over UDP are taken
     /// too.
     pub fn tunnel(&self, id: u32, fd: OwnedFd) -> Result<(), String> {
-        let lane = self
-            .placement
-            .lock()
-            .ok()
-            .and_then(|p| p.get(&id).map(|&(lane, _)| lane))
-            .ok_or_else(|| format!("no session {id}"))?;
-        let (tx, rx) = mpsc::channel();
-        self.lanes[lane]
-            .send(Command::Tunnel(id, fd, tx))
-            .map_err(|_| "the data plane has stopped".to_string())?;
-        rx.recv_timeout(Duration::from_secs(2))
-            .map_err(|_| "the data plane did not answer".to_string())?
+        self.ask(id, |tx| Command::Tunnel(id, fd, tx))
     }
 
     /// Ends every session at once (receiving ones checkpoint what they have) and waits up

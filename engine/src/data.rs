@@ -36,6 +36,7 @@ use crate::control::ErrorCode;
 use crate::finisher::{Finisher, Job, Then};
 use crate::integrity::{Algorithm, Digest, InOrder};
 use crate::resume::{self, FileAction, FilePlan};
+use crate::source::{SendSlots, Windows};
 use crate::split;
 use crate::stats::{Counters, LaneStats, Latency};
 use crate::tunnel;
@@ -701,6 +702,8 @@ struct Files {
     entries: Vec<FileEntry>,
     /// Open handles, by file index (senders keep a few; receivers keep the unfinished).
     open: HashMap<u32, File>,
+    /// Sender: mapped windows of the large files (`source.rs`).
+    windows: Windows,
     /// Receiver: the bytes of each file written so far (resumed ones included).
     received: Vec<RangeSet>,
     /// Receiver: files the plan skips; they are never opened nor renamed.
@@ -776,6 +779,7 @@ impl Files {
             },
             entries: spec.files.clone(),
             open: HashMap::new(),
+            windows: Windows::default(),
             block_size: spec.block_size,
             no_fsync: spec.no_fsync,
         }
@@ -789,7 +793,16 @@ impl Files {
         resume::partial_path(&self.path(index))
     }
 
-    fn read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    /// Sender: reads `len` bytes of file `index` at `offset` into slot `slot`, or points
+    /// the slot at them in a mapped window of the file (`source.rs`).
+    fn read(
+        &mut self,
+        index: u32,
+        offset: u64,
+        slots: &mut SendSlots,
+        slot: u32,
+        len: usize,
+    ) -> io::Result<()> {
         if !self.open.contains_key(&index) {
             if self.open.len() >= 64 {
                 self.open.clear();
@@ -799,13 +812,22 @@ impl Files {
         }
         let f = &self.open[&index];
         let e = &self.entries[index as usize];
-        f.read_exact_at(buf, e.offset() + offset).map_err(|e| {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                io::Error::new(io::ErrorKind::UnexpectedEof, "the source file shrank")
-            } else {
-                e
+        let at = e.offset() + offset;
+        let block = u64::from(self.block_size);
+        let buf: &[u8] = match self.windows.find(index, f, e.whole_size(), at, len, block) {
+            Some((window, start)) => slots.point(slot, window, start, len),
+            None => {
+                let buf = slots.read_target(slot, len);
+                f.read_exact_at(buf, at).map_err(|e| {
+                    if e.kind() == io::ErrorKind::UnexpectedEof {
+                        io::Error::new(io::ErrorKind::UnexpectedEof, "the source file shrank")
+                    } else {
+                        e
+                    }
+                })?;
+                buf
             }
-        })?;
+        };
         // The file's (or piece's) last block: before it leaves (and lets the receiver finish
         // the file), make sure the file is still the one the manifest describes, so that a
         // file changed meanwhile is never delivered mixed.
@@ -825,7 +847,13 @@ impl Files {
                 ))));
             }
         }
-        self.hash_read(index, offset, buf)
+        self.hash_read(index, offset, buf)?;
+        if slots.slot_damaged(slot) {
+            return Err(io::Error::other(SourceChanged(
+                "it shrank during the transfer".into(),
+            )));
+        }
+        Ok(())
     }
 
     /// Sender: hashes a block just read, if it is the file's next in order (a re-read of
@@ -1184,7 +1212,7 @@ fn held_at_start(manifest: &Manifest, plans: &[FilePlan]) -> RangeSet {
 }
 
 enum Machine {
-    Send(Box<Sender>, SlotBuffers),
+    Send(Box<Sender>, SendSlots),
     Recv(Box<Receiver>, Vec<u8>),
 }
 
@@ -1300,8 +1328,11 @@ impl Session {
                 cfg.policy = spec.policy;
                 cfg.limits = capped(spec.limits, spec.ceiling_bps);
                 cfg.initial_rtt = spec.initial_rtt;
-                let buffers =
-                    SlotBuffers::new(cfg.read_ahead, spec.block_size, spec.cipher.trailer_len());
+                let buffers = SendSlots::new(SlotBuffers::new(
+                    cfg.read_ahead,
+                    spec.block_size,
+                    spec.cipher.trailer_len(),
+                ));
                 let sender = Sender::new_resuming(cfg, manifest, held, now);
                 Machine::Send(Box::new(sender), buffers)
             }
@@ -1643,10 +1674,14 @@ impl Session {
                     while let Some(ev) = s.poll_event() {
                         match ev {
                             SenderEvent::Read { slot, block } => {
-                                let buf = &mut bufs.slots[slot as usize][wire::DATA_HEADER_LEN..]
-                                    [..block.len as usize];
                                 let t = Instant::now();
-                                let r = self.files.read(block.file, block.offset, buf);
+                                let r = self.files.read(
+                                    block.file,
+                                    block.offset,
+                                    bufs,
+                                    slot,
+                                    block.len as usize,
+                                );
                                 stats.record(Latency::DiskRead, t.elapsed());
                                 if let Err(e) = &r {
                                     let path = &self.files.entries[block.file as usize].path;
@@ -1676,6 +1711,16 @@ impl Session {
                     let Some(tx) = s.poll_transmit(now, bufs) else {
                         break;
                     };
+                    if bufs.damaged(&tx) {
+                        // A file shrank under its mapping since the block was read: what
+                        // was sealed is zeros, not the file.
+                        self.error.get_or_insert((
+                            ErrorCode::FileChanged,
+                            "a source file shrank during the transfer".into(),
+                        ));
+                        s.cancel(now);
+                        break;
+                    }
                     let bytes = bufs.bytes(&tx);
                     if matches!(tx.buffer, TxBuffer::Slot(_)) {
                         self.first_data.get_or_insert(now);

@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod paths;
 pub mod resume;
 pub mod retry;
+mod source;
 pub mod split;
 pub mod stats;
 pub mod sums;

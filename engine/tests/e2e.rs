@@ -9,7 +9,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::net::UdpSocket;
 use std::os::unix::fs::{PermissionsExt, symlink};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -612,13 +612,12 @@ fn a_source_that_grows_during_the_transfer_is_reported_not_delivered() {
     s.assert_alive("after a source grew under the sender");
 }
 
-/// The download side: ferryd's source grows while ferryd sends it. The client fails with
-/// 37, keeps no final-named file, and ferryd stays up.
-#[test]
-fn a_source_that_grows_during_a_download_is_reported_not_delivered() {
-    let mut s = Server::start();
-    let src = s.docroot.join("grows.bin");
-    write_random_file(&src, 8 * MIB, 38);
+/// Starts a download of a fresh 8 MiB `name` from the docroot, held at 8 Mbit/s, and waits
+/// until data moves: time enough to change the source under ferryd. Returns the source,
+/// the directory it is downloaded into and the running client.
+fn slow_download(s: &mut Server, name: &str, seed: u64) -> (PathBuf, PathBuf, common::Running) {
+    let src = s.docroot.join(name);
+    write_random_file(&src, 8 * MIB, seed);
     let back = s.dir("back");
     let cmd = s.ferry_cmd(
         "recv",
@@ -629,7 +628,7 @@ fn a_source_that_grows_during_a_download_is_reported_not_delivered() {
             "8m".as_ref(),
             "--policy".as_ref(),
             "fixed".as_ref(),
-            s.remote("/grows.bin").as_ref(),
+            s.remote(&format!("/{name}")).as_ref(),
             back.as_os_str(),
         ],
     );
@@ -639,6 +638,15 @@ fn a_source_that_grows_during_a_download_is_reported_not_delivered() {
             .is_ok_and(|v| v["event"] == "progress" && v["bytes"].as_u64().is_some_and(|b| b > 0))
     });
     assert!(moving.is_some(), "the transfer never moved");
+    (src, back, running)
+}
+
+/// The download side: ferryd's source grows while ferryd sends it. The client fails with
+/// 37, keeps no final-named file, and ferryd stays up.
+#[test]
+fn a_source_that_grows_during_a_download_is_reported_not_delivered() {
+    let mut s = Server::start();
+    let (src, back, running) = slow_download(&mut s, "grows.bin", 38);
     use std::io::Write as _;
     fs::OpenOptions::new()
         .append(true)
@@ -654,4 +662,27 @@ fn a_source_that_grows_during_a_download_is_reported_not_delivered() {
         listing(&back)
     );
     s.assert_alive("after a served source grew");
+}
+
+/// ferryd reads a large source through a mapping: truncated while it is sent, the pages
+/// past the new end would raise SIGBUS and kill the daemon. It must survive, and the client
+/// be told the file changed.
+#[test]
+fn a_source_truncated_during_a_download_fails_it_and_ferryd_survives() {
+    let mut s = Server::start();
+    let (src, back, running) = slow_download(&mut s, "shrinks.bin", 39);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&src)
+        .unwrap()
+        .set_len(MIB / 2)
+        .unwrap();
+    let run = running.wait(common::FERRY_TIMEOUT);
+    s.assert_alive("after a served source was truncated under its mapping");
+    s.assert_code(&run, 37, "a served file truncated during the download");
+    assert!(
+        !back.join("shrinks.bin").exists(),
+        "the changed file was delivered under its final name: {:?}",
+        listing(&back)
+    );
 }

@@ -11,6 +11,8 @@
 //! - [`placement`]: the cores this process may run on and pinning a thread to one.
 //! - [`memlock`]: raising `RLIMIT_MEMLOCK` (registered io_uring buffers count against it).
 //! - [`file`](mod@file): positional reads and writes, preallocation, `fdatasync`, disk-full detection.
+//! - [`map`]: read-only file mappings that turn a file shrinking under them into zeros and
+//!   a mark, not a `SIGBUS` that kills the process.
 //!
 //! # Why the API is batch-shaped
 //!
@@ -32,6 +34,7 @@
 #![warn(missing_docs)]
 
 pub mod file;
+pub mod map;
 pub mod memlock;
 pub mod placement;
 pub mod udp;

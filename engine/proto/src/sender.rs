@@ -82,7 +82,8 @@ impl SenderConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SenderEvent {
     /// Read `block` into slot `slot` of the packet buffers, at
-    /// `[wire::DATA_HEADER_LEN .. wire::DATA_HEADER_LEN + block.len]`, then call
+    /// `[wire::DATA_HEADER_LEN .. wire::DATA_HEADER_LEN + block.len]` (or point the slot at
+    /// the bytes where they lie: [`TxBuffers::slot_and_source`]), then call
     /// [`Sender::handle_read_done`]. Until then the slot belongs to the read.
     Read {
         /// Packet buffer index, below `read_ahead`.
@@ -120,6 +121,13 @@ pub struct Transmit {
 pub trait TxBuffers {
     /// Packet buffer `slot`.
     fn slot(&mut self, slot: u32) -> &mut [u8];
+    /// Packet buffer `slot`, and the block's bytes if the caller answered the slot's
+    /// [`SenderEvent::Read`] by pointing at them where they already lie (a mapped file)
+    /// rather than copying them into the slot: the block is then sealed from there into
+    /// the slot, one pass over the bytes. The source is exactly the block's length.
+    fn slot_and_source(&mut self, slot: u32) -> (&mut [u8], Option<&[u8]>) {
+        (self.slot(slot), None)
+    }
     /// The control buffer.
     fn control(&mut self) -> &mut [u8];
 }
@@ -910,13 +918,19 @@ impl<A: Aead> Sender<A> {
             send_ts_us: now.as_micros(),
         };
         self.next_pn += 1;
-        let buf = buffers.slot(ready.slot);
+        let (buf, source) = buffers.slot_and_source(ready.slot);
         header.encode(buf);
         block.encode_at(buf);
-        let len = self
-            .seal
-            .seal(buf, wire::DATA_HEADER_LEN, block.len as usize)
-            .expect("slot buffers are sized for a block");
+        let len = match source {
+            Some(body) => {
+                debug_assert_eq!(body.len(), block.len as usize);
+                self.seal.seal_from(buf, wire::DATA_HEADER_LEN, body)
+            }
+            None => self
+                .seal
+                .seal(buf, wire::DATA_HEADER_LEN, block.len as usize),
+        }
+        .expect("slot buffers are sized for a block");
         debug_assert_eq!(len, wire_len);
         self.sent_payload += u64::from(block.len);
         self.sent_blocks += 1;

@@ -33,6 +33,20 @@ impl Aead for AwsLc {
         tag.as_ref().try_into().expect("AES-GCM tag is 16 bytes")
     }
 
+    fn seal_from(&self, nonce: &[u8; 12], aad: &[u8], input: &[u8], output_and_tag: &mut [u8]) {
+        // The scatter form encrypts `extra_in` into the front of `extra_out_and_tag` and
+        // puts the tag after it: out of place, through the same assembly as in place.
+        self.key
+            .seal_in_place_scatter(
+                Nonce::assume_unique_for_key(*nonce),
+                Aad::from(aad),
+                &mut [],
+                input,
+                output_and_tag,
+            )
+            .expect("AES-GCM seal fails only with mismatched lengths or past 64 GiB");
+    }
+
     fn open_in_place(
         &self,
         nonce: &[u8; 12],

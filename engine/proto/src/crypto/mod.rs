@@ -196,6 +196,25 @@ pub trait Aead: Send + Sync + Sized {
     fn seal_in_place(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], inout: &mut [u8])
     -> [u8; TAG_LEN];
 
+    /// Encrypts `input` into the front of `output_and_tag` and writes the tag after it
+    /// (`output_and_tag` is `TAG_LEN` bytes longer than `input`): one pass over the bytes,
+    /// where a copy then [`Aead::seal_in_place`] makes two. The default does exactly that
+    /// copy.
+    ///
+    /// # Panics
+    /// If the lengths do not fit, or as [`Aead::seal_in_place`].
+    fn seal_from(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        input: &[u8],
+        output_and_tag: &mut [u8],
+    ) {
+        let (out, tag) = output_and_tag.split_at_mut(input.len());
+        out.copy_from_slice(input);
+        tag.copy_from_slice(&self.seal_in_place(nonce, aad, out));
+    }
+
     /// Verifies `tag` and decrypts `inout` in place; [`Error::Authentication`] if it does
     /// not verify, in which case `inout` holds garbage.
     fn open_in_place(
@@ -284,6 +303,40 @@ impl<A: Aead> PacketKey<A> {
                 let pn = u64::from_be_bytes(head[8..16].try_into().unwrap());
                 let tag = aead.seal_in_place(&self.nonce(pn), head, body);
                 trailer.copy_from_slice(&tag);
+            }
+        }
+        Ok(end)
+    }
+
+    /// As [`PacketKey::seal`], with the body read from `body` (a block of a mapped file,
+    /// say) and written sealed into `buf[header_len..]`, in one pass.
+    pub fn seal_from(
+        &self,
+        buf: &mut [u8],
+        header_len: usize,
+        body: &[u8],
+    ) -> Result<usize, Error> {
+        if header_len < COMMON_HEADER_LEN {
+            return Err(Error::Truncated);
+        }
+        let end = header_len
+            .checked_add(body.len())
+            .and_then(|e| e.checked_add(self.trailer_len()))
+            .ok_or(Error::BufferTooSmall)?;
+        let Some(buf) = buf.get_mut(..end) else {
+            return Err(Error::BufferTooSmall);
+        };
+        let (head, rest) = buf.split_at_mut(header_len);
+        match &self.aead {
+            None => {
+                let (out, trailer) = rest.split_at_mut(body.len());
+                out.copy_from_slice(body);
+                let crc = crc(head, out);
+                trailer.copy_from_slice(&crc.to_be_bytes());
+            }
+            Some(aead) => {
+                let pn = u64::from_be_bytes(head[8..16].try_into().unwrap());
+                aead.seal_from(&self.nonce(pn), head, body, rest);
             }
         }
         Ok(end)

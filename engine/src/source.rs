@@ -1,0 +1,166 @@
+//! The sender's packet buffers and where their blocks come from.
+//!
+//! A block of a large file is not copied into its slot: the slot points at the block in a
+//! mapped window of the file, and the sender seals it from there into the slot
+//! ([`TxBuffers::slot_and_source`]), one pass over the bytes instead of `pread` and then
+//! sealing in place. Small files, and files the kernel will not map, are read into the slot
+//! as before.
+//!
+//! Windows are [`WINDOW`] bytes of the file (plus one block, so that every block starting
+//! in a window lies wholly inside it), mapped with the pages populated. A few recent ones
+//! are kept; a slot holds its own reference, so a window stays mapped while any slot
+//! points into it and no longer. What stays resident is bounded by the windows in use,
+//! never by the file's size.
+
+use std::fs::File;
+use std::io;
+use std::sync::Arc;
+
+use ferry_io::map::Mapping;
+use ferry_proto::{SlotBuffers, Transmit, TxBuffer, TxBuffers, wire};
+
+/// Bytes of a file one mapping covers (and how far apart windows start).
+pub(crate) const WINDOW: u64 = 2 << 20;
+/// Files smaller than this are read into the slots: a mapping costs two syscalls and a
+/// page-table teardown, more than copying a few blocks.
+pub(crate) const MAP_FROM: u64 = 1 << 20;
+/// Windows kept mapped for the next blocks, beyond those slots still point into.
+const KEPT: usize = 4;
+
+/// A block's bytes in a mapped window.
+struct Mapped {
+    window: Arc<Mapping>,
+    start: usize,
+    len: usize,
+}
+
+/// The sender's packet buffers: one per read-ahead slot, each either holding its block or
+/// pointing at it in a window of the file.
+pub(crate) struct SendSlots {
+    bufs: SlotBuffers,
+    sources: Vec<Option<Mapped>>,
+}
+
+impl SendSlots {
+    pub(crate) fn new(bufs: SlotBuffers) -> Self {
+        let sources = bufs.slots.iter().map(|_| None).collect();
+        SendSlots { bufs, sources }
+    }
+
+    /// The bytes of a transmit.
+    pub(crate) fn bytes(&self, tx: &Transmit) -> &[u8] {
+        self.bufs.bytes(tx)
+    }
+
+    /// Whether the block of a datagram just sealed came from a window whose file shrank
+    /// while mapped: its bytes are not the file's, and it must not leave.
+    pub(crate) fn damaged(&self, tx: &Transmit) -> bool {
+        match tx.buffer {
+            TxBuffer::Slot(i) => self.slot_damaged(i),
+            TxBuffer::Control => false,
+        }
+    }
+
+    /// Whether slot `slot` points into a window whose file shrank while mapped.
+    pub(crate) fn slot_damaged(&self, slot: u32) -> bool {
+        self.sources[slot as usize]
+            .as_ref()
+            .is_some_and(|m| m.window.damaged())
+    }
+
+    /// Where slot `slot`'s block goes when it is read rather than mapped: `len` bytes after
+    /// the data header. The slot no longer points anywhere.
+    pub(crate) fn read_target(&mut self, slot: u32, len: usize) -> &mut [u8] {
+        self.sources[slot as usize] = None;
+        &mut self.bufs.slots[slot as usize][wire::DATA_HEADER_LEN..][..len]
+    }
+
+    /// Points slot `slot` at `len` bytes of `window` from `start`, and returns them.
+    pub(crate) fn point(
+        &mut self,
+        slot: u32,
+        window: Arc<Mapping>,
+        start: usize,
+        len: usize,
+    ) -> &[u8] {
+        let m = self.sources[slot as usize].insert(Mapped { window, start, len });
+        &m.window.bytes()[m.start..m.start + m.len]
+    }
+}
+
+impl TxBuffers for SendSlots {
+    fn slot(&mut self, slot: u32) -> &mut [u8] {
+        self.bufs.slot(slot)
+    }
+
+    fn control(&mut self) -> &mut [u8] {
+        self.bufs.control()
+    }
+
+    fn slot_and_source(&mut self, slot: u32) -> (&mut [u8], Option<&[u8]>) {
+        let source = self.sources[slot as usize]
+            .as_ref()
+            .map(|m| &m.window.bytes()[m.start..m.start + m.len]);
+        (&mut self.bufs.slots[slot as usize], source)
+    }
+}
+
+/// Recently mapped windows of the files a sender reads.
+#[derive(Default)]
+pub(crate) struct Windows {
+    /// (file index, window number, mapping), oldest first.
+    kept: Vec<(u32, u64, Arc<Mapping>)>,
+    /// Files that could not be mapped (their filesystem refuses, say): read instead.
+    refused: std::collections::HashSet<u32>,
+}
+
+impl Windows {
+    /// The window holding bytes `[at, at + len)` of file `index` (`file`, `size` bytes
+    /// long as the manifest says), and where they start in it; `None` when the file is
+    /// read rather than mapped.
+    pub(crate) fn find(
+        &mut self,
+        index: u32,
+        file: &File,
+        size: u64,
+        at: u64,
+        len: usize,
+        block: u64,
+    ) -> Option<(Arc<Mapping>, usize)> {
+        if size < MAP_FROM || self.refused.contains(&index) {
+            return None;
+        }
+        let number = at / WINDOW;
+        let first = number * WINDOW;
+        let start = (at - first) as usize;
+        if let Some((_, _, m)) = self
+            .kept
+            .iter()
+            .find(|(f, n, _)| *f == index && *n == number)
+        {
+            return Some((m.clone(), start));
+        }
+        let span = (WINDOW + block)
+            .min(size - first)
+            .max(at + len as u64 - first);
+        match map(file, first, span) {
+            Ok(m) => {
+                let m = Arc::new(m);
+                if self.kept.len() >= KEPT {
+                    self.kept.remove(0);
+                }
+                self.kept.push((index, number, m.clone()));
+                Some((m, start))
+            }
+            Err(_) => {
+                self.refused.insert(index);
+                None
+            }
+        }
+    }
+}
+
+fn map(file: &File, offset: u64, len: u64) -> io::Result<Mapping> {
+    let len = usize::try_from(len).map_err(|_| io::Error::other("window too large"))?;
+    Mapping::new(file, offset, len)
+}

@@ -35,11 +35,13 @@ use crate::checkpointer::Checkpointer;
 use crate::control::ErrorCode;
 use crate::finisher::{Finisher, Job, Then};
 use crate::integrity::{Algorithm, Digest, InOrder};
+use crate::outbound::{Burst, Out, send};
 use crate::resume::{self, FileAction, FilePlan};
 use crate::source::{SendSlots, Windows};
 use crate::split;
 use crate::stats::{Counters, LaneStats, Latency};
 use crate::tunnel;
+use ferry_io::RecvBatch;
 
 /// One file of a session, as both sides agree on it over the control channel.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -350,6 +352,9 @@ pub const UDP_START_TIMEOUT: Duration = Duration::from_secs(5);
 pub const TUNNEL_WAIT: Duration = Duration::from_secs(10);
 /// Socket buffers: bursts at 10 Gbit/s and more need megabytes.
 const SOCKET_BUFFER: usize = 16 << 20;
+/// Messages one receive call can take (each up to 64 KiB: a datagram, or many coalesced
+/// by GRO).
+const RECV_BATCH: usize = 16;
 /// How long a receiving session that holds every block waits for the sender's checksums
 /// of its complete files before failing them.
 const DIGEST_WAIT: Duration = Duration::from_secs(15);
@@ -362,24 +367,26 @@ pub(crate) const WAKE: &[u8] = b"ferry-wake";
 ///
 /// A port some other process already holds is refused first, as a plain bind would: two
 /// ferryd on one UDP port would otherwise split each other's datagrams.
-fn bind_shared(addr: SocketAddr) -> io::Result<UdpSocket> {
-    use std::os::fd::AsFd;
+fn bind_shared(addr: SocketAddr) -> io::Result<ferry_io::UdpSocket> {
     if addr.port() != 0 {
         drop(UdpSocket::bind(addr)?);
     }
     let opts = ferry_io::udp::SocketOptions {
         reuse_port: true,
+        recv_buffer: SOCKET_BUFFER,
+        send_buffer: SOCKET_BUFFER,
         ..Default::default()
     };
-    let socket = ferry_io::udp::UdpSocket::bind(addr, &opts)?;
-    Ok(UdpSocket::from(socket.as_fd().try_clone_to_owned()?))
+    let socket = ferry_io::UdpSocket::bind(addr, &opts)?;
+    // Datagrams of one flow arrive coalesced, one receive for many (split again by
+    // `RecvBatch::datagrams`).
+    socket.enable_gro();
+    Ok(socket)
 }
 
 impl Lane {
     fn start(addr: SocketAddr, core: Option<usize>) -> io::Result<Lane> {
         let socket = bind_shared(addr)?;
-        socket.set_nonblocking(true)?;
-        set_buffers(&socket, SOCKET_BUFFER);
         let local = socket.local_addr()?;
         let loopback: std::net::IpAddr = if local.is_ipv4() {
             std::net::Ipv4Addr::LOCALHOST.into()
@@ -631,24 +638,6 @@ impl SessionReport {
         SessionReport {
             error: Some((code, message)),
             ..SessionReport::default()
-        }
-    }
-}
-
-fn set_buffers(socket: &UdpSocket, bytes: usize) {
-    let fd = socket.as_raw_fd();
-    let size = bytes as libc::c_int;
-    for (force, plain) in [
-        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-    ] {
-        // SAFETY: fd is a live socket; the option value is a c_int of the stated size.
-        unsafe {
-            let p = &size as *const libc::c_int as *const libc::c_void;
-            let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            if libc::setsockopt(fd, libc::SOL_SOCKET, force, p, len) != 0 {
-                libc::setsockopt(fd, libc::SOL_SOCKET, plain, p, len);
-            }
         }
     }
 }
@@ -1260,13 +1249,6 @@ struct Session {
     start_deadline: Timestamp,
 }
 
-/// Where a session's datagrams go.
-#[derive(Clone, Copy)]
-enum Out {
-    Udp(SocketAddr),
-    Tunnel(RawFd),
-}
-
 /// `limits` bounded by a host cap's `ceiling`.
 fn capped(limits: RateLimits, ceiling: Option<u64>) -> RateLimits {
     match ceiling {
@@ -1666,7 +1648,7 @@ impl Session {
     }
 
     /// Lets the machine do everything it can at `now`: disk reads, datagrams out.
-    fn drive(&mut self, now: Timestamp, socket: &UdpSocket, stats: &mut LaneStats) {
+    fn drive(&mut self, now: Timestamp, socket: &ferry_io::UdpSocket, stats: &mut LaneStats) {
         let out = self.out();
         match &mut self.machine {
             Machine::Send(s, bufs) => {
@@ -1708,25 +1690,47 @@ impl Session {
                         }
                     }
                     let Some(out) = out else { break };
-                    let Some(tx) = s.poll_transmit(now, bufs) else {
-                        break;
-                    };
-                    if bufs.damaged(&tx) {
-                        // A file shrank under its mapping since the block was read: what
-                        // was sealed is zeros, not the file.
-                        self.error.get_or_insert((
-                            ErrorCode::FileChanged,
-                            "a source file shrank during the transfer".into(),
-                        ));
-                        s.cancel(now);
+                    // Everything the pacer lets go now, data datagrams gathered into GSO
+                    // bursts. A slot's datagram stays in the slot until its burst leaves:
+                    // the sender asks for no read into a slot before the next
+                    // `poll_event`, which comes after the flush.
+                    let mut burst = Burst::default();
+                    let mut sent = false;
+                    while let Some(tx) = s.poll_transmit(now, bufs) {
+                        sent = true;
+                        if bufs.damaged(&tx) {
+                            // A file shrank under its mapping since the block was read:
+                            // what was sealed is zeros, not the file.
+                            self.error.get_or_insert((
+                                ErrorCode::FileChanged,
+                                "a source file shrank during the transfer".into(),
+                            ));
+                            s.cancel(now);
+                            break;
+                        }
+                        self.wire_bytes += tx.len as u64;
+                        if let TxBuffer::Slot(slot) = tx.buffer {
+                            self.first_data.get_or_insert(now);
+                            if let Out::Udp(peer) = out {
+                                if !burst.fits(tx.len) {
+                                    burst.flush(socket, peer, |i| bufs.slot_bytes(i));
+                                }
+                                burst.push(slot, tx.len);
+                                continue;
+                            }
+                        }
+                        // A control datagram, or the tunnel: in order, on its own.
+                        if let Out::Udp(peer) = out {
+                            burst.flush(socket, peer, |i| bufs.slot_bytes(i));
+                        }
+                        send(socket, bufs.bytes(&tx), out);
+                    }
+                    if let Out::Udp(peer) = out {
+                        burst.flush(socket, peer, |i| bufs.slot_bytes(i));
+                    }
+                    if !sent {
                         break;
                     }
-                    let bytes = bufs.bytes(&tx);
-                    if matches!(tx.buffer, TxBuffer::Slot(_)) {
-                        self.first_data.get_or_insert(now);
-                    }
-                    send(socket, bytes, out);
-                    self.wire_bytes += tx.len as u64;
                 }
                 if let Some(remote) = &self.remote {
                     for (file, digest) in self.files.published.drain(..) {
@@ -1907,61 +1911,10 @@ impl Session {
     }
 }
 
-fn send(socket: &UdpSocket, bytes: &[u8], out: Out) {
-    let peer = match out {
-        Out::Udp(peer) => peer,
-        Out::Tunnel(fd) => return send_tunnel(fd, bytes),
-    };
-    loop {
-        match socket.send_to(bytes, peer) {
-            Ok(_) => return,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // The socket buffer is full: wait for room rather than drop our own datagram.
-                let mut pfd = libc::pollfd {
-                    fd: socket.as_raw_fd(),
-                    events: libc::POLLOUT,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd.
-                unsafe {
-                    libc::poll(&mut pfd, 1, 10);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            // ICMP errors (port unreachable) and the like: the datagram is lost, the
-            // protocol recovers or times out.
-            Err(_) => return,
-        }
-    }
-}
-
-/// Sends through the TCP fallback. A full tunnel (TCP slower than the pacing) gets a
-/// moment to drain, then the datagram is dropped like one lost on the wire, so that the
-/// lane's other sessions are not held up; the queue before it is what the delay-based
-/// controllers feel.
-fn send_tunnel(fd: RawFd, bytes: &[u8]) {
-    for _ in 0..2 {
-        match tunnel::send(&fd, bytes) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let mut pfd = libc::pollfd {
-                    fd,
-                    events: libc::POLLOUT,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd.
-                unsafe {
-                    libc::poll(&mut pfd, 1, 5);
-                }
-            }
-            // Sent, or the tunnel is gone (the session ends by its control channel or
-            // its data timeout).
-            _ => return,
-        }
-    }
-}
-
 struct DataThread {
-    socket: UdpSocket,
+    socket: ferry_io::UdpSocket,
+    /// Where received datagrams land, many per system call.
+    batch: RecvBatch,
     commands: mpsc::Receiver<Command>,
     sessions: HashMap<u32, Session>,
     epoch: Instant,
@@ -1985,7 +1938,7 @@ struct DataThread {
 
 impl DataThread {
     fn new(
-        socket: UdpSocket,
+        socket: ferry_io::UdpSocket,
         commands: mpsc::Receiver<Command>,
         snapshot: Arc<Mutex<Vec<SessionInfo>>>,
         active: Arc<AtomicUsize>,
@@ -2003,6 +1956,7 @@ impl DataThread {
             next_stats: Timestamp::ZERO,
             slept: Duration::ZERO,
             socket,
+            batch: RecvBatch::new(RECV_BATCH),
             commands,
             sessions: HashMap::new(),
             epoch: Instant::now(),
@@ -2147,24 +2101,24 @@ impl DataThread {
                 wait_readable(&fds, wait.min(Duration::from_millis(200)));
                 self.slept += t.elapsed();
             }
-            // Take in what arrived, a bounded batch at a time so sending is not starved.
-            for _ in 0..256 {
-                let (n, from) = match self.socket.recv_from(&mut buf) {
-                    Ok(x) => x,
-                    Err(_) => break,
-                };
-                let now = self.now();
-                let datagram = &mut buf[..n];
-                if datagram.len() < wire::COMMON_HEADER_LEN {
-                    if datagram != WAKE {
-                        self.unknown_session += 1;
-                    }
-                    continue;
+            // Take in what arrived, a bounded number of batches so sending is not starved.
+            for _ in 0..8 {
+                if self.socket.recv_batch(&mut self.batch).is_err() {
+                    break;
                 }
-                let id = u32::from_be_bytes(datagram[4..8].try_into().expect("4 bytes"));
-                match self.sessions.get_mut(&id) {
-                    Some(s) => s.handle_datagram(now, Some(from), datagram, &mut self.stats),
-                    None => self.unknown_session += 1,
+                let now = self.now();
+                for (from, datagram) in self.batch.datagrams() {
+                    if datagram.len() < wire::COMMON_HEADER_LEN {
+                        if datagram != WAKE {
+                            self.unknown_session += 1;
+                        }
+                        continue;
+                    }
+                    let id = u32::from_be_bytes(datagram[4..8].try_into().expect("4 bytes"));
+                    match self.sessions.get_mut(&id) {
+                        Some(s) => s.handle_datagram(now, Some(from), datagram, &mut self.stats),
+                        None => self.unknown_session += 1,
+                    }
                 }
             }
             self.receive_tunnels(&mut buf);

@@ -26,6 +26,7 @@ mod finisher;
 pub mod integrity;
 pub mod logging;
 pub mod metrics;
+mod outbound;
 pub mod paths;
 pub mod resume;
 pub mod retry;

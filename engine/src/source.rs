@@ -52,6 +52,11 @@ impl SendSlots {
         self.bufs.bytes(tx)
     }
 
+    /// Packet buffer `slot`, a sealed datagram at its front once transmitted.
+    pub(crate) fn slot_bytes(&self, slot: u32) -> &[u8] {
+        &self.bufs.slots[slot as usize]
+    }
+
     /// Whether the block of a datagram just sealed came from a window whose file shrank
     /// while mapped: its bytes are not the file's, and it must not leave.
     pub(crate) fn damaged(&self, tx: &Transmit) -> bool {

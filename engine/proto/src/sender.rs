@@ -808,7 +808,10 @@ impl<A: Aead> Sender<A> {
     /// Writes the next datagram, if one may leave at `now`, into `buffers` and says where.
     /// Data datagrams are sealed in the slot their block was read into; the slot returns to
     /// the sender (a later [`SenderEvent::Read`] may name it), so send the datagram before
-    /// acting on later events. Call again until it returns `None`.
+    /// acting on later events. No read is asked for before the next
+    /// [`poll_event`](Self::poll_event), so a caller may gather several datagrams (a GSO
+    /// burst) and send them together before polling events. Call again until it returns
+    /// `None`.
     pub fn poll_transmit(
         &mut self,
         now: Timestamp,

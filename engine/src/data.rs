@@ -7,9 +7,11 @@
 //! `poll(2)` until the next datagram or timer. The control plane starts sessions with
 //! [`DataPlane::add_session`] and learns how each ended from the returned channel.
 //!
-//! This first engine runs one data thread per process with plain `sendto`/`recvfrom` and
-//! positioned file I/O; the thread-per-core executors, GSO/GRO batching and io_uring disk
-//! queues of the design replace the insides of this module, not its interface.
+//! Each lane is one pinned thread making batched syscalls: data datagrams leave in GSO
+//! bursts (`outbound.rs`), arrivals are taken with `recvmmsg` and GRO, blocks of large
+//! files are sealed from mapped windows (`source.rs`), and received blocks are written with
+//! positioned writes. Glommio executors and io_uring disk queues would replace the insides
+//! of this module, not its interface.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};

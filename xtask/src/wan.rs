@@ -767,7 +767,7 @@ fn summary(md: &mut String, rows: &[Row]) -> Result<()> {
             (a, b) => a.or(b),
         };
         let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) {
-            (Some(x), Some(y)) if y > 0.0 => format!("{:.1}", x / y),
+            (Some(x), Some(y)) if y > 0.0 => format!("{:.2}", x / y),
             _ => "–".into(),
         };
         writeln!(

@@ -939,6 +939,6 @@ mod tests {
         let mut md = String::new();
         summary(&mut md, &rows).unwrap();
         let line = md.lines().last().unwrap();
-        assert_eq!(line, "| p | 450 | 2 | 90 | 30 † | 5.0 | 15.0 |");
+        assert_eq!(line, "| p | 450 | 2 | 90 | 30 † | 5.00 | 15.00 |");
     }
 }

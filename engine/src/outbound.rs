@@ -25,36 +25,49 @@ pub(crate) enum Out {
     Tunnel(RawFd),
 }
 
-/// Data datagrams waiting to leave together, by their slot and length.
-#[derive(Default)]
+/// Data datagrams waiting to leave together, by their slot and length. Fixed-size: the
+/// send path does not allocate.
 pub(crate) struct Burst {
-    /// (slot, datagram length), in sending order.
-    queued: Vec<(u32, usize)>,
+    /// (slot, datagram length), in sending order: the first `count`.
+    queued: [(u32, usize); MAX_GSO_SEGMENTS],
+    count: usize,
     /// Every datagram's length but possibly the last's.
     segment: usize,
     bytes: usize,
+}
+
+impl Default for Burst {
+    fn default() -> Self {
+        Burst {
+            queued: [(0, 0); MAX_GSO_SEGMENTS],
+            count: 0,
+            segment: 0,
+            bytes: 0,
+        }
+    }
 }
 
 impl Burst {
     /// Whether a datagram of `len` bytes can join: the kernel cuts a burst into equal
     /// segments, of which only the last may be shorter, within 64 KB and 64 segments.
     pub(crate) fn fits(&self, len: usize) -> bool {
-        let Some(&(_, last)) = self.queued.last() else {
+        let Some(&(_, last)) = self.queued[..self.count].last() else {
             return true;
         };
         last == self.segment
             && len <= self.segment
             && self.bytes + len <= MAX_GSO_BYTES
-            && self.queued.len() < MAX_GSO_SEGMENTS
+            && self.count < MAX_GSO_SEGMENTS
     }
 
     /// Queues the datagram in `slot`; check [`Burst::fits`] first.
     pub(crate) fn push(&mut self, slot: u32, len: usize) {
         debug_assert!(self.fits(len));
-        if self.queued.is_empty() {
+        if self.count == 0 {
             self.segment = len;
         }
-        self.queued.push((slot, len));
+        self.queued[self.count] = (slot, len);
+        self.count += 1;
         self.bytes += len;
     }
 
@@ -66,16 +79,16 @@ impl Burst {
         peer: SocketAddr,
         slots: impl Fn(u32) -> &'a [u8],
     ) {
-        if self.queued.is_empty() {
+        if self.count == 0 {
             return;
         }
-        let iov: Vec<IoSlice<'_>> = self
-            .queued
-            .iter()
-            .map(|&(slot, len)| IoSlice::new(&slots(slot)[..len]))
-            .collect();
-        retry_full(socket, || socket.send_segments(peer, &iov, self.segment));
-        self.queued.clear();
+        let mut iov = [IoSlice::new(&[]); MAX_GSO_SEGMENTS];
+        for (io, &(slot, len)) in iov.iter_mut().zip(&self.queued[..self.count]) {
+            *io = IoSlice::new(&slots(slot)[..len]);
+        }
+        let iov = &iov[..self.count];
+        retry_full(socket, || socket.send_segments(peer, iov, self.segment));
+        self.count = 0;
         self.bytes = 0;
     }
 }
@@ -191,7 +204,7 @@ mod tests {
             b.push(i as u32, s.len());
         }
         b.flush(&tx, rx.local_addr().unwrap(), |i| &slots[i as usize][..]);
-        assert!(b.queued.is_empty());
+        assert_eq!(b.count, 0);
         let mut buf = [0u8; 2000];
         for (i, s) in slots.iter().enumerate() {
             let n = rx.recv(&mut buf).unwrap();

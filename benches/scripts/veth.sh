@@ -15,7 +15,7 @@ cleanup() {
   kill $(jobs -p) 2>/dev/null; pkill -f "ferryd run --config srv[0-9]" 2>/dev/null; wait 2>/dev/null
   sleep 0.5
   ip netns del "$A" 2>/dev/null; ip netns del "$B" 2>/dev/null
-  umount "$W" 2>/dev/null || { sleep 2; umount "$W"; }; rmdir "$W"
+  for _ in 1 2 3 4 5 6 7 8 9 10; do umount "$W" 2>/dev/null && break; sleep 1; done; rmdir "$W"
 }
 trap cleanup EXIT
 ip netns add "$A"; ip netns add "$B"

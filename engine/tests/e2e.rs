@@ -641,48 +641,49 @@ fn slow_download(s: &mut Server, name: &str, seed: u64) -> (PathBuf, PathBuf, co
     (src, back, running)
 }
 
-/// The download side: ferryd's source grows while ferryd sends it. The client fails with
-/// 37, keeps no final-named file, and ferryd stays up.
-#[test]
-fn a_source_that_grows_during_a_download_is_reported_not_delivered() {
+/// Changes ferryd's source with `change` while ferryd sends it: the client must fail with
+/// 37 and keep no final-named file, and ferryd must stay up.
+fn changed_during_a_download(name: &str, seed: u64, what: &str, change: impl FnOnce(&Path)) {
     let mut s = Server::start();
-    let (src, back, running) = slow_download(&mut s, "grows.bin", 38);
-    use std::io::Write as _;
-    fs::OpenOptions::new()
-        .append(true)
-        .open(&src)
-        .unwrap()
-        .write_all(&[1u8; 4096])
-        .unwrap();
+    let (src, back, running) = slow_download(&mut s, name, seed);
+    change(&src);
     let run = running.wait(common::FERRY_TIMEOUT);
-    s.assert_code(&run, 37, "a served file that grew during the download");
+    s.assert_alive(&format!("after a served source {what}"));
+    s.assert_code(
+        &run,
+        37,
+        &format!("a served file that {what} during the download"),
+    );
     assert!(
-        !back.join("grows.bin").exists(),
+        !back.join(name).exists(),
         "the changed file was delivered under its final name: {:?}",
         listing(&back)
     );
-    s.assert_alive("after a served source grew");
+}
+
+#[test]
+fn a_source_that_grows_during_a_download_is_reported_not_delivered() {
+    changed_during_a_download("grows.bin", 38, "grew", |src| {
+        use std::io::Write as _;
+        fs::OpenOptions::new()
+            .append(true)
+            .open(src)
+            .unwrap()
+            .write_all(&[1u8; 4096])
+            .unwrap();
+    });
 }
 
 /// ferryd reads a large source through a mapping: truncated while it is sent, the pages
-/// past the new end would raise SIGBUS and kill the daemon. It must survive, and the client
-/// be told the file changed.
+/// past the new end would raise SIGBUS and kill the daemon.
 #[test]
 fn a_source_truncated_during_a_download_fails_it_and_ferryd_survives() {
-    let mut s = Server::start();
-    let (src, back, running) = slow_download(&mut s, "shrinks.bin", 39);
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&src)
-        .unwrap()
-        .set_len(MIB / 2)
-        .unwrap();
-    let run = running.wait(common::FERRY_TIMEOUT);
-    s.assert_alive("after a served source was truncated under its mapping");
-    s.assert_code(&run, 37, "a served file truncated during the download");
-    assert!(
-        !back.join("shrinks.bin").exists(),
-        "the changed file was delivered under its final name: {:?}",
-        listing(&back)
-    );
+    changed_during_a_download("shrinks.bin", 39, "was truncated", |src| {
+        fs::OpenOptions::new()
+            .write(true)
+            .open(src)
+            .unwrap()
+            .set_len(MIB / 2)
+            .unwrap();
+    });
 }

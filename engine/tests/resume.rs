@@ -8,7 +8,7 @@ mod common;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use common::{FerryRun, Server, first_difference, leftovers, write_random_file};
 use ferry_engine::resume::{checkpoint_path, partial_path, write_checkpoint};
@@ -772,6 +772,22 @@ fn a_disk_that_fills_mid_upload_gives_35_and_the_partial_resumes_once_space_is_f
         running.wait_line(Duration::from_secs(60), past).is_some(),
         "the upload never got past 3 MiB"
     );
+    // A checkpoint naming 2 MiB must be on disk before it fills (they are written once a
+    // second, so progress alone does not say one has landed).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let landed = || {
+        fs::read(checkpoint_path(&dest))
+            .ok()
+            .and_then(|b| Checkpoint::decode(&b).ok())
+            .is_some_and(|c| c.bytes.len() >= 2 * MIB)
+    };
+    while !landed() {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint of 2 MiB within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // The partial is preallocated whole; the next checkpoint finds no room.
     let ballast = common::fill_disk(&s.docroot, "ballast");
     let run = running.wait(common::FERRY_TIMEOUT);

@@ -8,6 +8,9 @@
 //! - `recv/open_write`: open a sealed datagram in place and `pwrite` its body into a
 //!   preallocated file.
 //!
+//! Each once per AES-GCM backend (`datapath/aws-lc/...`, `datapath/ring/...`): which is
+//! faster depends on the CPU, and the engine runs on the faster.
+//!
 //! The file lives in `FERRY_BENCH_DIR` (default `/dev/shm`, a tmpfs: the engine-bound
 //! case, as in the loopback acceptance script). Throughput counts file bytes; CPU seconds
 //! per GiB are 1 / (GiB/s) of one core, and cycles per byte that times the clock.
@@ -21,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ferry_io::map::Mapping;
-use ferry_proto::crypto::{AwsLc, Cipher, Direction, PacketKey};
+use ferry_proto::crypto::{Backend, Cipher, Direction, Fastest, PacketKey, use_backend};
 use ferry_proto::wire::{BlockRef, DATA_HEADER_LEN, Header, Kind};
 
 /// 64 KiB datagrams less headers and tag, in whole pages: the engine's loopback block.
@@ -89,10 +92,19 @@ fn blocks() -> impl Iterator<Item = u64> {
 
 fn datapath(c: &mut Criterion) {
     let src = Source::new();
-    let key = PacketKey::<AwsLc>::new(&SECRET, Cipher::Aes128Gcm, Direction::ClientToServer);
+    for backend in Backend::ALL {
+        // Keys built from here on run on `backend` (the engine picks the faster at start).
+        use_backend(backend);
+        datapath_on(c, &src, backend);
+    }
+}
+
+/// Every stage with AES-128-GCM through `backend`.
+fn datapath_on(c: &mut Criterion, src: &Source, backend: Backend) {
+    let key = PacketKey::<Fastest>::new(&SECRET, Cipher::Aes128Gcm, Direction::ClientToServer);
     let t = key.trailer_len();
     let bytes = (FILE_LEN / BLOCK * BLOCK) as u64;
-    let mut g = c.benchmark_group("datapath");
+    let mut g = c.benchmark_group(format!("datapath/{backend}"));
     g.throughput(Throughput::Bytes(bytes));
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(8));

@@ -12,7 +12,7 @@
 use std::hint::black_box;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use ferry_proto::crypto::{Aead, AwsLc, Cipher, Direction, PacketKey, RustCrypto};
+use ferry_proto::crypto::{Aead, AwsLc, Cipher, Direction, PacketKey, Ring, RustCrypto};
 use ferry_proto::wire::{BlockRef, DATA_HEADER_LEN, Header, Kind};
 
 const SIZES: [usize; 3] = [1400, 8 * 1024, 64 * 1024];
@@ -77,6 +77,7 @@ fn bench_backend<A: Aead>(c: &mut Criterion, backend: &str, ciphers: &[Cipher]) 
 fn benches(c: &mut Criterion) {
     let aes = [Cipher::Aes128Gcm, Cipher::Aes256Gcm];
     bench_backend::<AwsLc>(c, "aws-lc", &aes);
+    bench_backend::<Ring>(c, "ring", &aes);
     bench_backend::<RustCrypto>(c, "rustcrypto", &aes);
     // The `none` path touches no AEAD, so one backend covers it.
     bench_backend::<AwsLc>(c, "crc32", &[Cipher::None]);

@@ -447,6 +447,7 @@ impl DataPlane {
     /// `n` data threads (at least one), not pinned, each with a socket of its own on a free
     /// port of `addr`'s address: a client running several sessions at once.
     pub fn start_lanes(addr: SocketAddr, n: usize) -> io::Result<DataPlane> {
+        crate::aead::choose();
         let lanes = (0..n.max(1))
             .map(|i| {
                 let at = if i == 0 {
@@ -469,6 +470,7 @@ impl DataPlane {
     /// learns its session's port over the control channel). An empty list starts one
     /// unpinned thread.
     pub fn start_on(addr: SocketAddr, cores: &[usize]) -> io::Result<DataPlane> {
+        crate::aead::choose();
         let mut lanes = Vec::new();
         if cores.is_empty() {
             lanes.push(Lane::start(addr, None)?);
@@ -811,7 +813,8 @@ impl Files {
                 let buf = slots.read_target(slot, len);
                 f.read_exact_at(buf, at).map_err(|e| {
                     if e.kind() == io::ErrorKind::UnexpectedEof {
-                        io::Error::new(io::ErrorKind::UnexpectedEof, "the source file shrank")
+                        // Changed, not vanished: 37 as when a mapped window finds it short.
+                        io::Error::other(SourceChanged("it shrank during the transfer".into()))
                     } else {
                         e
                     }
@@ -1318,6 +1321,7 @@ impl Session {
                     spec.cipher.trailer_len(),
                 ));
                 let sender = Sender::new_resuming(cfg, manifest, held, now);
+                files.windows.enabled = sender.seals_from_in_one_pass();
                 Machine::Send(Box::new(sender), buffers)
             }
             Role::Receiver => {

@@ -1,6 +1,7 @@
 //! ferry-engine: the glue between the sans-IO core (`ferry-proto`), the kernel (`ferry-io`)
 //! and the control plane. `ferryd` and `ferry` are built here.
 //!
+//! - [`aead`]: which AES-GCM implementation (aws-lc or ring) is faster on this host.
 //! - [`data`]: the data plane — UDP datagrams in and out, disk reads and writes, driving
 //!   [`ferry_proto::Sender`] and [`ferry_proto::Receiver`].
 //! - [`control`]: the SSH control channel (russh): server inside `ferryd`, client in `ferry`.
@@ -15,6 +16,7 @@
 //!   does not pass.
 #![warn(missing_docs)]
 
+pub mod aead;
 pub mod caps;
 mod checkpointer;
 pub mod config;

@@ -476,6 +476,13 @@ impl<A: Aead> Sender<A> {
         self.state == State::Done
     }
 
+    /// Whether a block handed over as a separate source (`TxBuffers::slot_and_source`) is
+    /// sealed in one pass; otherwise it is copied into its slot first, and reading it there
+    /// directly is as cheap.
+    pub fn seals_from_in_one_pass(&self) -> bool {
+        self.seal.seals_from_in_one_pass()
+    }
+
     /// Payload bytes the receiver reports taken in (duplicates included, so an
     /// approximation for progress), at most what this session has to send: the
     /// manifest's total less [`skipped_bytes`](Self::skipped_bytes).

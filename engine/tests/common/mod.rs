@@ -75,6 +75,8 @@ pub struct Server {
     pub netns: Option<String>,
     /// The network namespace ferry runs in, if any.
     pub client_netns: Option<String>,
+    /// Environment variables `run` gives ferryd (`FERRY_AEAD`, say).
+    pub ferryd_env: Vec<(String, String)>,
     child: Option<Child>,
     mounts: Vec<PathBuf>,
     ferry_runs: u32,
@@ -120,6 +122,7 @@ impl Server {
             host: "127.0.0.1".into(),
             netns: None,
             client_netns: None,
+            ferryd_env: Vec::new(),
             child: None,
             mounts: Vec::new(),
             ferry_runs: 0,
@@ -180,6 +183,7 @@ impl Server {
             .arg(self.srv.join("ferryd.toml"))
             .args(["--tcp-port", "0", "--udp-port", "0", "--ctl-socket"])
             .arg(self.ctl_socket())
+            .envs(self.ferryd_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(err)

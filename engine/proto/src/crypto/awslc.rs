@@ -47,6 +47,10 @@ impl Aead for AwsLc {
             .expect("AES-GCM seal fails only with mismatched lengths or past 64 GiB");
     }
 
+    fn seals_from_in_one_pass(&self) -> bool {
+        true
+    }
+
     fn open_in_place(
         &self,
         nonce: &[u8; 12],

@@ -6,29 +6,47 @@
 //! associated data, the body is encrypted in place and the 16-byte tag follows it. With
 //! [`Cipher::None`] the body stays clear and a CRC32 trailer only catches corruption.
 //!
-//! The AES-GCM implementation is a type parameter ([`Aead`]): [`AwsLc`] (feature `aws-lc`,
-//! the default, much faster) or [`RustCrypto`] (feature `rustcrypto`, pure Rust). Generics
-//! rather than `dyn` keep the per-packet call direct.
+//! The AES-GCM implementation is a type parameter ([`Aead`]): [`AwsLc`] (feature `aws-lc`),
+//! [`Ring`] (feature `ring`), [`Fastest`] (both features, the default: whichever of the
+//! two the engine measured faster on this host) or [`RustCrypto`] (feature `rustcrypto`,
+//! pure Rust). Generics rather than `dyn` keep the per-packet call direct.
 
-#[cfg(not(any(feature = "aws-lc", feature = "rustcrypto")))]
-compile_error!("ferry-proto needs an AES-GCM backend: enable feature `aws-lc` or `rustcrypto`");
+#[cfg(not(any(feature = "aws-lc", feature = "ring", feature = "rustcrypto")))]
+compile_error!(
+    "ferry-proto needs an AES-GCM backend: enable feature `aws-lc`, `ring` or `rustcrypto`"
+);
 
 #[cfg(feature = "aws-lc")]
 mod awslc;
-// Also built for unit tests, which check the two backends against each other.
+#[cfg(all(feature = "aws-lc", feature = "ring"))]
+mod fastest;
+#[cfg(feature = "ring")]
+mod ring;
+// Also built for unit tests, which check the backends against each other.
 #[cfg(any(feature = "rustcrypto", test))]
 mod rustcrypto;
 
 #[cfg(feature = "aws-lc")]
 pub use awslc::AwsLc;
+#[cfg(all(feature = "aws-lc", feature = "ring"))]
+pub use fastest::{Backend, Fastest, backend, use_backend};
+#[cfg(feature = "ring")]
+pub use ring::Ring;
 #[cfg(any(feature = "rustcrypto", test))]
 pub use rustcrypto::RustCrypto;
 
-/// The backend [`PacketKey`] uses unless told otherwise: aws-lc-rs when built in.
-#[cfg(feature = "aws-lc")]
+/// The backend [`PacketKey`] uses unless told otherwise: the faster hardware one where
+/// both are built in.
+#[cfg(all(feature = "aws-lc", feature = "ring"))]
+pub type DefaultAead = Fastest;
+/// The backend [`PacketKey`] uses unless told otherwise: the hardware one built in.
+#[cfg(all(feature = "aws-lc", not(feature = "ring")))]
 pub type DefaultAead = AwsLc;
-/// The backend [`PacketKey`] uses unless told otherwise: aws-lc-rs when built in.
-#[cfg(all(not(feature = "aws-lc"), feature = "rustcrypto"))]
+/// The backend [`PacketKey`] uses unless told otherwise: the hardware one built in.
+#[cfg(all(feature = "ring", not(feature = "aws-lc")))]
+pub type DefaultAead = Ring;
+/// The backend [`PacketKey`] uses unless told otherwise: the pure-Rust one.
+#[cfg(all(not(feature = "aws-lc"), not(feature = "ring"), feature = "rustcrypto"))]
 pub type DefaultAead = RustCrypto;
 
 use std::fmt;
@@ -215,6 +233,13 @@ pub trait Aead: Send + Sync + Sized {
         tag.copy_from_slice(&self.seal_in_place(nonce, aad, out));
     }
 
+    /// Whether [`Aead::seal_from`] makes one pass over the bytes rather than the default
+    /// copy and seal: only then is sealing from a mapped file cheaper than reading the block
+    /// into its buffer first (a `pread` copies faster than a copy out of a mapping).
+    fn seals_from_in_one_pass(&self) -> bool {
+        false
+    }
+
     /// Verifies `tag` and decrypts `inout` in place; [`Error::Authentication`] if it does
     /// not verify, in which case `inout` holds garbage.
     fn open_in_place(
@@ -257,6 +282,13 @@ impl<A: Aead> PacketKey<A> {
     /// The cipher this key was made for.
     pub fn cipher(&self) -> Cipher {
         self.cipher
+    }
+
+    /// Whether [`PacketKey::seal_from`] seals in one pass over the body (see
+    /// [`Aead::seals_from_in_one_pass`]); never for [`Cipher::None`], which copies the body
+    /// and then sums it.
+    pub fn seals_from_in_one_pass(&self) -> bool {
+        self.aead.as_ref().is_some_and(A::seals_from_in_one_pass)
     }
 
     /// Trailer bytes [`PacketKey::seal`] appends; reserve them when sizing bodies.

@@ -12,11 +12,13 @@ fn hex(s: &str) -> Vec<u8> {
 }
 
 /// Runs a generic test body once per backend compiled in. RustCrypto is always there in
-/// tests (aes-gcm is a dev-dependency); aws-lc only with its feature.
+/// tests (aes-gcm is a dev-dependency); aws-lc and ring only with their features.
 macro_rules! each_backend {
     ($f:ident) => {{
         #[cfg(feature = "aws-lc")]
         $f::<AwsLc>();
+        #[cfg(feature = "ring")]
+        $f::<Ring>();
         $f::<RustCrypto>();
     }};
 }
@@ -300,6 +302,33 @@ fn buffer_and_length_errors() {
     each_backend!(size_errors);
 }
 
+/// An [`Aead`] as a trait object, so one test can hold every backend.
+trait Sealer {
+    fn seal(&self, nonce: &[u8; 12], aad: &[u8], inout: &mut [u8]) -> [u8; TAG_LEN];
+    fn open(
+        &self,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        inout: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<(), Error>;
+}
+
+impl<A: Aead> Sealer for A {
+    fn seal(&self, nonce: &[u8; 12], aad: &[u8], inout: &mut [u8]) -> [u8; TAG_LEN] {
+        self.seal_in_place(nonce, aad, inout)
+    }
+    fn open(
+        &self,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        inout: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<(), Error> {
+        self.open_in_place(nonce, aad, inout, tag)
+    }
+}
+
 fn arb_cipher() -> impl Strategy<Value = Cipher> {
     prop::sample::select(Cipher::ALL.to_vec())
 }
@@ -343,10 +372,22 @@ proptest! {
             round_trip::<AwsLc, RustCrypto>(cipher, &secret, &o)?;
             round_trip::<RustCrypto, AwsLc>(cipher, &secret, &o)?;
         }
+        #[cfg(feature = "ring")]
+        {
+            round_trip::<Ring, Ring>(cipher, &secret, &o)?;
+            round_trip::<Ring, RustCrypto>(cipher, &secret, &o)?;
+            round_trip::<RustCrypto, Ring>(cipher, &secret, &o)?;
+        }
+        #[cfg(all(feature = "aws-lc", feature = "ring"))]
+        {
+            round_trip::<AwsLc, Ring>(cipher, &secret, &o)?;
+            round_trip::<Ring, AwsLc>(cipher, &secret, &o)?;
+        }
     }
 
+    /// Every backend built in seals to the same bytes and opens every other's, and the
+    /// dispatcher does so on each of the backends it can choose.
     #[test]
-    #[cfg(feature = "aws-lc")]
     fn backends_agree(
         key in prop_oneof![
             prop::collection::vec(any::<u8>(), 16),
@@ -356,17 +397,35 @@ proptest! {
         aad in prop::collection::vec(any::<u8>(), 0..64),
         pt in prop::collection::vec(any::<u8>(), 0..2000),
     ) {
-        let a = AwsLc::new(&key).unwrap();
-        let r = RustCrypto::new(&key).unwrap();
-        let (mut ca, mut cr) = (pt.clone(), pt.clone());
-        let ta = a.seal_in_place(&nonce, &aad, &mut ca);
-        let tr = r.seal_in_place(&nonce, &aad, &mut cr);
-        prop_assert_eq!(&ca, &cr);
-        prop_assert_eq!(ta, tr);
-        r.open_in_place(&nonce, &aad, &mut ca, &ta)?;
-        a.open_in_place(&nonce, &aad, &mut cr, &tr)?;
-        prop_assert_eq!(&ca, &pt);
-        prop_assert_eq!(&cr, &pt);
+        #[allow(unused_mut)] // nothing to push with the pure-Rust backend alone
+        let mut backends: Vec<Box<dyn Sealer>> = vec![Box::new(RustCrypto::new(&key).unwrap())];
+        #[cfg(feature = "aws-lc")]
+        backends.push(Box::new(AwsLc::new(&key).unwrap()));
+        #[cfg(feature = "ring")]
+        backends.push(Box::new(Ring::new(&key).unwrap()));
+        #[cfg(all(feature = "aws-lc", feature = "ring"))]
+        for b in Backend::ALL {
+            let f = Fastest::on(b, &key).unwrap();
+            prop_assert_eq!(f.backend(), b);
+            backends.push(Box::new(f));
+        }
+        let sealed: Vec<(Vec<u8>, [u8; TAG_LEN])> = backends
+            .iter()
+            .map(|k| {
+                let mut c = pt.clone();
+                let tag = k.seal(&nonce, &aad, &mut c);
+                (c, tag)
+            })
+            .collect();
+        for (c, tag) in &sealed {
+            prop_assert_eq!(c, &sealed[0].0);
+            prop_assert_eq!(tag, &sealed[0].1);
+        }
+        for k in &backends {
+            let mut c = sealed[0].0.clone();
+            k.open(&nonce, &aad, &mut c, &sealed[0].1)?;
+            prop_assert_eq!(&c, &pt);
+        }
     }
 
     /// Sealing out of place (from a mapped file, say) gives the very datagram sealing in
@@ -398,6 +457,8 @@ proptest! {
         check::<RustCrypto>(cipher, &secret, pn, &body)?;
         #[cfg(feature = "aws-lc")]
         check::<AwsLc>(cipher, &secret, pn, &body)?;
+        #[cfg(feature = "ring")]
+        check::<Ring>(cipher, &secret, pn, &body)?;
     }
 
     #[test]

@@ -8,10 +8,9 @@
 //! [`DataPlane::add_session`] and learns how each ended from the returned channel.
 //!
 //! Each lane is one pinned thread making batched syscalls: data datagrams leave in GSO
-//! bursts (`outbound.rs`), arrivals are taken with `recvmmsg` and GRO, blocks of large
-//! files are sealed from mapped windows (`source.rs`), and received blocks are written with
-//! positioned writes. Glommio executors and io_uring disk queues would replace the insides
-//! of this module, not its interface.
+//! bursts (`outbound.rs`), arrivals are taken with `recvmmsg` and GRO and their blocks
+//! written through an io_uring disk queue (`inbound.rs`), and blocks of large files are
+//! sealed from mapped windows where the AES-GCM backend seals in one pass (`source.rs`).
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -27,8 +26,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use ferry_proto::checkpoint::Checkpoint;
 use ferry_proto::crypto::{Cipher, Direction};
 use ferry_proto::{
-    FailureCode, Manifest, RangeSet, Receiver, ReceiverConfig, ReceiverEvent, Sender, SenderConfig,
-    SenderEvent, SlotBuffers, TxBuffer, wire,
+    Delivery, FailureCode, Manifest, RangeSet, Receiver, ReceiverConfig, ReceiverEvent, Sender,
+    SenderConfig, SenderEvent, SlotBuffers, TxBuffer, wire,
 };
 use ferry_tuning::{Controller, Policy, RateLimits, Timestamp};
 
@@ -36,6 +35,7 @@ use crate::caps::HostCaps;
 use crate::checkpointer::Checkpointer;
 use crate::control::ErrorCode;
 use crate::finisher::{Finisher, Job, Then};
+use crate::inbound::{Inbound, Written};
 use crate::integrity::{Algorithm, Digest, InOrder};
 use crate::outbound::{Burst, Out, send};
 use crate::resume::{self, FileAction, FilePlan};
@@ -43,7 +43,6 @@ use crate::source::{SendSlots, Windows};
 use crate::split;
 use crate::stats::{Counters, LaneStats, Latency};
 use crate::tunnel;
-use ferry_io::RecvBatch;
 
 /// One file of a session, as both sides agree on it over the control channel.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -335,10 +334,30 @@ struct Lane {
     commands: mpsc::Sender<Command>,
     wake: UdpSocket,
     snapshot: Arc<Mutex<Vec<SessionInfo>>>,
-    /// Sessions on this lane: counted up when placed, down by the lane when they end.
-    active: Arc<AtomicUsize>,
+    /// Sessions on this lane, and those of them still moving data.
+    load: Arc<LaneLoad>,
     /// The lane's counters and latencies, published about once a second.
     stats: Arc<Mutex<LaneStats>>,
+}
+
+/// How busy a lane is: counted up when a session is placed on it, down by the lane.
+#[derive(Debug, Default)]
+struct LaneLoad {
+    /// Sessions on the lane, until they end (a receiver lingers a while after its data).
+    sessions: AtomicUsize,
+    /// Sessions on the lane whose data is still moving: what placement balances. A session
+    /// lingering after its data (2 s, or 15 s where the TCP fallback may yet be asked
+    /// for) costs its lane nothing, and counting it sent an upload's immediate download
+    /// to the other core, which on one host was the client's: the two ends of the session
+    /// then shared a core and the download ran at a third of its speed.
+    moving: AtomicUsize,
+}
+
+impl LaneLoad {
+    fn placed(&self) {
+        self.sessions.fetch_add(1, Ordering::Relaxed);
+        self.moving.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// How often a receiving session makes what it has written durable and checkpoints it.
@@ -354,9 +373,6 @@ pub const UDP_START_TIMEOUT: Duration = Duration::from_secs(5);
 pub const TUNNEL_WAIT: Duration = Duration::from_secs(10);
 /// Socket buffers: bursts at 10 Gbit/s and more need megabytes.
 const SOCKET_BUFFER: usize = 16 << 20;
-/// Messages one receive call can take (each up to 64 KiB: a datagram, or many coalesced
-/// by GRO).
-const RECV_BATCH: usize = 16;
 /// How long a receiving session that holds every block waits for the sender's checksums
 /// of its complete files before failing them.
 const DIGEST_WAIT: Duration = Duration::from_secs(15);
@@ -400,8 +416,8 @@ impl Lane {
         let (tx, rx) = mpsc::channel();
         let snapshot = Arc::new(Mutex::new(Vec::new()));
         let shared = snapshot.clone();
-        let active = Arc::new(AtomicUsize::new(0));
-        let lane_active = active.clone();
+        let load = Arc::new(LaneLoad::default());
+        let lane_load = load.clone();
         let stats = Arc::new(Mutex::new(LaneStats::new(core, local.port())));
         let lane_stats = stats.clone();
         std::thread::Builder::new()
@@ -418,14 +434,14 @@ impl Lane {
                 unsafe {
                     libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
                 }
-                DataThread::new(socket, rx, shared, lane_active, lane_stats).run()
+                DataThread::new(socket, rx, shared, lane_load, lane_stats).run()
             })?;
         Ok(Lane {
             local,
             commands: tx,
             wake,
             snapshot,
-            active,
+            load,
             stats,
         })
     }
@@ -580,7 +596,7 @@ impl DataPlane {
             && self
                 .lanes
                 .iter()
-                .any(|l| l.active.load(Ordering::Relaxed) > 0)
+                .any(|l| l.load.sessions.load(Ordering::Relaxed) > 0)
         {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -600,9 +616,15 @@ impl DataPlane {
         let progress = Arc::new(Progress::default());
         let id = spec.session;
         let lane = (0..self.lanes.len())
-            .min_by_key(|&l| self.lanes[l].active.load(Ordering::Relaxed))
+            .min_by_key(|&l| {
+                let load = &self.lanes[l].load;
+                (
+                    load.moving.load(Ordering::Relaxed),
+                    load.sessions.load(Ordering::Relaxed),
+                )
+            })
             .unwrap_or(0);
-        self.lanes[lane].active.fetch_add(1, Ordering::Relaxed);
+        self.lanes[lane].load.placed();
         if let Ok(mut placement) = self.placement.lock() {
             // Forget sessions no lane lists any more (placed a while ago: a new one shows
             // in its lane's snapshot within 100 ms).
@@ -621,7 +643,9 @@ impl DataPlane {
             ))
             .is_err()
         {
-            self.lanes[lane].active.fetch_sub(1, Ordering::Relaxed);
+            let load = &self.lanes[lane].load;
+            load.sessions.fetch_sub(1, Ordering::Relaxed);
+            load.moving.fetch_sub(1, Ordering::Relaxed);
             let _ = tx.send(SessionReport::failed(
                 ErrorCode::Internal,
                 "the data plane has stopped".into(),
@@ -929,10 +953,16 @@ impl Files {
         Ok(&self.open[&index])
     }
 
-    /// Writes a block; when it completes its file, makes the file durable and renames it.
-    fn write(&mut self, index: u32, offset: u64, data: &[u8]) -> io::Result<()> {
+    /// Where block `offset` of file `index` goes: the open partial and the position in it
+    /// (a piece's offset added). The descriptor stays open until the file is finished.
+    fn write_target(&mut self, index: u32, offset: u64) -> io::Result<(RawFd, u64)> {
         let at = self.entries[index as usize].offset() + offset;
-        self.open_partial(index)?.write_all_at(data, at)?;
+        Ok((self.open_partial(index)?.as_raw_fd(), at))
+    }
+
+    /// A block is written: counts it received (the next checkpoint names it), hashes it,
+    /// and when it completes its file, makes the file durable and renames it.
+    fn written(&mut self, index: u32, offset: u64, data: &[u8]) -> io::Result<()> {
         let i = index as usize;
         self.received[i].insert(offset..offset + data.len() as u64);
         self.dirty.insert(index);
@@ -1252,6 +1282,8 @@ struct Session {
     asked: bool,
     /// Until the first authentic datagram: when the silence becomes a failure.
     start_deadline: Timestamp,
+    /// Counted in its lane's [`LaneLoad::moving`]: until its data is done.
+    moving: bool,
 }
 
 /// `limits` bounded by a host cap's `ceiling`.
@@ -1376,6 +1408,7 @@ impl Session {
                     // it that and a few seconds more.
                     Fallback::Accept => UDP_START_TIMEOUT + TUNNEL_WAIT + Duration::from_secs(5),
                 },
+            moving: true,
         })
     }
 
@@ -1587,13 +1620,16 @@ impl Session {
     }
 
     /// A datagram from the peer: `from` is its UDP address, `None` through the tunnel.
+    /// Takes in one datagram: the block it brought for the disk, if any, comes back, for
+    /// the caller to write ([`Session::write_now`] or through the lane's disk queue) and
+    /// then report ([`Session::written`]).
     fn handle_datagram(
         &mut self,
         now: Timestamp,
         from: Option<SocketAddr>,
         datagram: &mut [u8],
         stats: &mut LaneStats,
-    ) {
+    ) -> Option<Delivery> {
         let before = self.drops_total();
         let delivery = match &mut self.machine {
             Machine::Send(s, _) => {
@@ -1615,7 +1651,7 @@ impl Session {
             Machine::Recv(r, _) => r.handle_datagram(now, datagram),
         };
         if self.drops_total() != before {
-            return;
+            return None;
         }
         // Authentic: this is where the peer is (learned, or moved).
         if let Some(from) = from {
@@ -1625,32 +1661,62 @@ impl Session {
             self.heard = true;
             self.progress.started.store(true, Ordering::Relaxed);
         }
-        if let Some(d) = delivery {
+        if delivery.is_some() {
             self.first_data.get_or_insert(now);
-            let t = Instant::now();
-            let result = self
-                .files
-                .write(d.file, d.offset, &datagram[d.payload.clone()])
-                .map_err(|e| {
-                    let code = io_code(&e);
-                    let path = self.files.entries[d.file as usize].path.clone();
-                    (code, format!("writing {path}: {e}"))
-                });
-            stats.record(Latency::DiskWrite, t.elapsed());
-            let Machine::Recv(r, _) = &mut self.machine else {
-                unreachable!()
-            };
-            match result {
-                Ok(()) => r.handle_write_done(now, Ok(())),
-                Err((code, msg)) => {
-                    self.error.get_or_insert((code, msg.clone()));
-                    r.handle_write_done(now, Err(msg));
-                }
-            }
-            self.progress
-                .bytes
-                .store(r.stats().new_bytes, Ordering::Relaxed);
         }
+        delivery
+    }
+
+    /// Where block `offset` of file `file` is to be written: a descriptor that stays open
+    /// while the session has writes in flight, and the position in the file.
+    fn write_target(&mut self, file: u32, offset: u64) -> io::Result<(RawFd, u64)> {
+        self.files.write_target(file, offset)
+    }
+
+    /// Writes a delivered block now, on this thread (the TCP fallback's datagrams, or a
+    /// lane without a disk queue).
+    fn write_now(&mut self, now: Timestamp, d: &Delivery, datagram: &[u8], stats: &mut LaneStats) {
+        let data = &datagram[d.payload.clone()];
+        let t = Instant::now();
+        let (fd, at) = match self.write_target(d.file, d.offset) {
+            Ok(target) => target,
+            Err(e) => return self.written(now, d.file, d.offset, data, Err(e)),
+        };
+        let result = ferry_io::file::write_all_at_fd(fd, data, at);
+        stats.record(Latency::DiskWrite, t.elapsed());
+        self.written(now, d.file, d.offset, data, result);
+    }
+
+    /// A block's write finished with `result`: counts it received (hash, checkpoint, its
+    /// file finished when whole) and tells the machine.
+    fn written(
+        &mut self,
+        now: Timestamp,
+        file: u32,
+        offset: u64,
+        data: &[u8],
+        result: io::Result<()>,
+    ) {
+        let result = result
+            .and_then(|()| self.files.written(file, offset, data))
+            .map_err(|e| {
+                let code = io_code(&e);
+                let path = self.files.entries[file as usize].path.clone();
+                (code, format!("writing {path}: {e}"))
+            });
+        let Machine::Recv(r, _) = &mut self.machine else {
+            unreachable!("only a receiver writes")
+        };
+        match result {
+            Ok(()) => r.handle_write_done(now, Ok(())),
+            Err((code, msg)) => {
+                self.error.get_or_insert((code, msg.clone()));
+                r.handle_write_done(now, Err(msg));
+            }
+        }
+        self.progress
+            .bytes
+            .store(r.stats().new_bytes, Ordering::Relaxed);
     }
 
     /// Lets the machine do everything it can at `now`: disk reads, datagrams out.
@@ -1919,8 +1985,11 @@ impl Session {
 
 struct DataThread {
     socket: ferry_io::UdpSocket,
-    /// Where received datagrams land, many per system call.
-    batch: RecvBatch,
+    /// Where received datagrams land, many per system call, and the disk queue their
+    /// blocks are written through.
+    inbound: Inbound,
+    /// Writes completed and not yet reported to their sessions.
+    written: Vec<Written>,
     commands: mpsc::Receiver<Command>,
     sessions: HashMap<u32, Session>,
     epoch: Instant,
@@ -1929,8 +1998,8 @@ struct DataThread {
     next_snapshot: Timestamp,
     /// Bytes each session had delivered at the last snapshot.
     last_bytes: HashMap<u32, u64>,
-    /// The lane's count of sessions, decremented here as they end.
-    active: Arc<AtomicUsize>,
+    /// The lane's count of sessions (and of those moving data), decremented here.
+    load: Arc<LaneLoad>,
     /// The core this thread is pinned to, if any.
     core: Option<usize>,
     /// Counters and latencies, recorded here without locks.
@@ -1947,7 +2016,7 @@ impl DataThread {
         socket: ferry_io::UdpSocket,
         commands: mpsc::Receiver<Command>,
         snapshot: Arc<Mutex<Vec<SessionInfo>>>,
-        active: Arc<AtomicUsize>,
+        load: Arc<LaneLoad>,
         stats_shared: Arc<Mutex<LaneStats>>,
     ) -> Self {
         let stats = stats_shared
@@ -1955,14 +2024,15 @@ impl DataThread {
             .map(|s| s.clone())
             .unwrap_or_else(|_| LaneStats::new(None, 0));
         DataThread {
-            active,
+            load,
             core: stats.core,
             stats,
             stats_shared,
             next_stats: Timestamp::ZERO,
             slept: Duration::ZERO,
             socket,
-            batch: RecvBatch::new(RECV_BATCH),
+            inbound: Inbound::new(),
+            written: Vec::new(),
             commands,
             sessions: HashMap::new(),
             epoch: Instant::now(),
@@ -2046,7 +2116,8 @@ impl DataThread {
                                 self.stats.ended.sessions_started += 1;
                             }
                             Err((code, msg)) => {
-                                self.active.fetch_sub(1, Ordering::Relaxed);
+                                self.load.sessions.fetch_sub(1, Ordering::Relaxed);
+                                self.load.moving.fetch_sub(1, Ordering::Relaxed);
                                 let _ = report.send(SessionReport::failed(code, msg));
                             }
                         }
@@ -2082,6 +2153,10 @@ impl DataThread {
             let now = self.now();
             for s in self.sessions.values_mut() {
                 s.drive(now, &self.socket, &mut self.stats);
+                if s.moving && (s.done_at.is_some() || s.finished) {
+                    s.moving = false;
+                    self.load.moving.fetch_sub(1, Ordering::Relaxed);
+                }
             }
             self.reap();
             self.publish(now);
@@ -2098,6 +2173,7 @@ impl DataThread {
             if !wait.is_zero() {
                 let t = Instant::now();
                 let fds: Vec<RawFd> = std::iter::once(self.socket.as_raw_fd())
+                    .chain(self.inbound.event_fd())
                     .chain(
                         self.sessions
                             .values()
@@ -2107,13 +2183,26 @@ impl DataThread {
                 wait_readable(&fds, wait.min(Duration::from_millis(200)));
                 self.slept += t.elapsed();
             }
+            self.inbound.completed(&mut self.written);
+            self.report_written();
             // Take in what arrived, a bounded number of batches so sending is not starved.
             for _ in 0..8 {
-                if self.socket.recv_batch(&mut self.batch).is_err() {
+                let Some(batch) = self.inbound.free_batch(&self.written) else {
+                    // Every batch still has writes in flight: the disk is behind. Wait for
+                    // one rather than leave the socket, whose filling buffer is what the
+                    // sender's controller sees.
+                    if self.inbound.wait(&mut self.written).is_err() {
+                        break;
+                    }
+                    self.report_written();
+                    continue;
+                };
+                if self.socket.recv_batch(batch).is_err() {
                     break;
                 }
                 let now = self.now();
-                for (from, datagram) in self.batch.datagrams() {
+                let (batch, mut stage) = self.inbound.batch_and_stage();
+                for (from, datagram) in batch.datagrams() {
                     if datagram.len() < wire::COMMON_HEADER_LEN {
                         if datagram != WAKE {
                             self.unknown_session += 1;
@@ -2121,11 +2210,26 @@ impl DataThread {
                         continue;
                     }
                     let id = u32::from_be_bytes(datagram[4..8].try_into().expect("4 bytes"));
-                    match self.sessions.get_mut(&id) {
-                        Some(s) => s.handle_datagram(now, Some(from), datagram, &mut self.stats),
-                        None => self.unknown_session += 1,
+                    let Some(s) = self.sessions.get_mut(&id) else {
+                        self.unknown_session += 1;
+                        continue;
+                    };
+                    let Some(d) = s.handle_datagram(now, Some(from), datagram, &mut self.stats)
+                    else {
+                        continue;
+                    };
+                    match stage.as_deref_mut() {
+                        Some(stage) => match s.write_target(d.file, d.offset) {
+                            Ok((fd, at)) => {
+                                stage.push(id, d.file, d.offset, fd, at, &datagram[d.payload])
+                            }
+                            Err(e) => s.written(now, d.file, d.offset, &[], Err(e)),
+                        },
+                        None => s.write_now(now, &d, datagram, &mut self.stats),
                     }
                 }
+                self.inbound.submit(&mut self.written);
+                self.report_written();
             }
             self.receive_tunnels(&mut buf);
             let now = self.now();
@@ -2133,6 +2237,24 @@ impl DataThread {
                 if s.poll_timeout().is_some_and(|t| t <= now) {
                     s.handle_timeout(now);
                 }
+            }
+        }
+    }
+
+    /// Hands completed writes to their sessions.
+    fn report_written(&mut self) {
+        let now = self.now();
+        for w in self.written.drain(..) {
+            self.stats.record(Latency::DiskWrite, w.elapsed);
+            let Some(s) = self.sessions.get_mut(&w.session) else {
+                continue;
+            };
+            for (offset, data) in w.blocks() {
+                let result = match &w.result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(copy_error(e)),
+                };
+                s.written(now, w.file, offset, data, result);
             }
         }
     }
@@ -2160,7 +2282,9 @@ impl DataThread {
                 let ours = datagram.len() >= wire::COMMON_HEADER_LEN
                     && datagram[4..8] == s.id.to_be_bytes();
                 if ours {
-                    s.handle_datagram(now, None, datagram, &mut self.stats);
+                    if let Some(d) = s.handle_datagram(now, None, datagram, &mut self.stats) {
+                        s.write_now(now, &d, datagram, &mut self.stats);
+                    }
                 } else {
                     self.unknown_session += 1;
                 }
@@ -2169,15 +2293,20 @@ impl DataThread {
     }
 
     fn reap(&mut self) {
+        // A session with writes in flight keeps its files open for them: it goes once they
+        // are done (their completions wake the lane).
         let ended: Vec<u32> = self
             .sessions
             .iter()
-            .filter(|(_, s)| s.finished)
+            .filter(|(id, s)| s.finished && self.inbound.in_flight(**id) == 0)
             .map(|(id, _)| *id)
             .collect();
         for id in ended {
             let s = self.sessions.remove(&id).expect("listed");
-            self.active.fetch_sub(1, Ordering::Relaxed);
+            self.load.sessions.fetch_sub(1, Ordering::Relaxed);
+            if s.moving {
+                self.load.moving.fetch_sub(1, Ordering::Relaxed);
+            }
             let mut c = s.counters();
             c.sessions_ended = 1;
             c.sessions_failed = u64::from(s.error.is_some() || s.done_at.is_none());
@@ -2186,6 +2315,14 @@ impl DataThread {
             let (tx, report) = s.into_report();
             let _ = tx.send(report);
         }
+    }
+}
+
+/// The same error again, for each block of a gathered write that failed.
+fn copy_error(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), e.to_string()),
     }
 }
 

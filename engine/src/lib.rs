@@ -25,6 +25,7 @@ pub mod ctl_server;
 pub mod data;
 pub mod doctor;
 mod finisher;
+mod inbound;
 pub mod integrity;
 pub mod logging;
 pub mod metrics;

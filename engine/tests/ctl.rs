@@ -1034,7 +1034,9 @@ fn a_session_is_in_the_transfer_log_stats_and_metrics() {
         .filter(|p| p["name"] == "disk_write")
         .map(|p| u64_of(p, "count"))
         .sum();
-    assert!(writes >= size / 65_536, "{stats}");
+    // One latency per write the disk queue made: blocks that lie end to end go together,
+    // so anywhere from one write to one per block.
+    assert!(writes >= 1 && writes <= size / 4096, "{stats}");
     let table = ctl_ok(&s, &["stats"]);
     assert!(
         table.contains("disk_write") && table.contains("p99"),

@@ -707,3 +707,30 @@ fn a_source_truncated_during_a_download_fails_it_and_ferryd_survives() {
         });
     }
 }
+
+/// Without the io_uring disk queue (`FERRY_DISK_QUEUE=off`: what a kernel that refuses
+/// io_uring gets) each block is written with `pwrite` as it is opened: both ways exact.
+#[test]
+fn without_the_disk_queue_blocks_are_written_as_they_come() {
+    let off: (&str, &std::ffi::OsStr) = ("FERRY_DISK_QUEUE", "off".as_ref());
+    let mut s = Server::init();
+    s.ferryd_env.push((off.0.into(), "off".into()));
+    s.run();
+    let src = s.dir("src").join("plain.bin");
+    write_random_file(&src, 8 * MIB + 123, 77);
+    let up = s.ferry_cmd("send", &[src.as_os_str(), s.remote("/").as_ref()]);
+    let up = s.ferry_env(&up, &[off]);
+    s.assert_ok(&up, "upload without the disk queue");
+    if let Some(d) = first_difference(&src, &s.docroot.join("plain.bin")) {
+        panic!("upload without the disk queue: {d}\n{}", up.describe());
+    }
+    let back = s.dir("back");
+    let down = s.ferry_cmd("recv", &[s.remote("/plain.bin").as_ref(), back.as_os_str()]);
+    let down = s.ferry_env(&down, &[off]);
+    s.assert_ok(&down, "download without the disk queue");
+    if let Some(d) = first_difference(&src, &back.join("plain.bin")) {
+        panic!("download without the disk queue: {d}\n{}", down.describe());
+    }
+    assert_eq!(partials(&s.docroot), Vec::<String>::new());
+    assert_eq!(partials(&back), Vec::<String>::new());
+}

@@ -1,7 +1,8 @@
 //! File helpers for the data path: positional I/O (no shared cursor, so several threads can
 //! read or write one file at once), preallocation, `fdatasync`, and recognising a full disk.
 //!
-//! Plain blocking syscalls today; an io_uring backend would submit the same operations.
+//! Plain blocking syscalls; the receiver's writes go through [`crate::uring`] and come
+//! here only when one comes back short.
 //! Errors are the OS's own, without added context: the caller knows which file and block.
 
 use std::fs::File;
@@ -20,6 +21,16 @@ pub fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()>
 /// Writes all of `buf` to `file` at `offset` (`pwrite`, retried on short writes and
 /// `EINTR`). Check a failure with [`is_disk_full`].
 pub fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    file.write_all_at(buf, offset)
+}
+
+/// As [`write_all_at`], to a descriptor the caller keeps open (one whose write through a
+/// [`WriteQueue`](crate::uring::WriteQueue) came back short).
+pub fn write_all_at_fd(fd: std::os::fd::RawFd, buf: &[u8], offset: u64) -> io::Result<()> {
+    // SAFETY: the caller owns `fd` and keeps it open for this call; ManuallyDrop keeps the
+    // borrowed `File` from closing it.
+    let file =
+        std::mem::ManuallyDrop::new(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) });
     file.write_all_at(buf, offset)
 }
 

@@ -3,14 +3,18 @@
 //!
 //! # What is here today
 //!
-//! Every call is a plain, non-blocking syscall made through `libc`: `sendmsg` with a
-//! `UDP_SEGMENT` control message (GSO), `recvmmsg` with `UDP_GRO`, `ppoll` to sleep,
-//! `sched_setaffinity`, `setrlimit`, `fallocate`. No executor, no ring, no threads.
+//! The socket calls are plain, non-blocking syscalls made through `libc`: `sendmsg` with a
+//! `UDP_SEGMENT` control message (GSO), `recvmmsg` with `UDP_GRO`, `ppoll` to sleep. A
+//! receiver's file writes go through an io_uring ([`uring`]); `sched_setaffinity`,
+//! `setrlimit` and `fallocate` are plain calls. No executor, no threads of its own.
 //!
 //! - [`udp`]: [`UdpSocket`], [`RecvBatch`], readiness waits.
 //! - [`placement`]: the cores this process may run on and pinning a thread to one.
 //! - [`memlock`]: raising `RLIMIT_MEMLOCK` (registered io_uring buffers count against it).
 //! - [`file`](mod@file): positional reads and writes, preallocation, `fdatasync`, disk-full detection.
+//! - [`uring`]: a [`WriteQueue`](uring::WriteQueue) of positioned, gathered writes
+//!   through io_uring, handed to the kernel's workers so a stalled write never stalls the
+//!   thread that drains the socket.
 //! - [`map`]: read-only file mappings that turn a file shrinking under them into zeros and
 //!   a mark, not a `SIGBUS` that kills the process.
 //!
@@ -38,6 +42,7 @@ pub mod map;
 pub mod memlock;
 pub mod placement;
 pub mod udp;
+pub mod uring;
 
 mod sys;
 

@@ -657,15 +657,30 @@ fn resolve(host: &str, port: u16) -> Result<SocketAddr, Failure> {
         .ok_or_else(|| Failure(ErrorCode::TcpConnect, format!("{host} has no address")))
 }
 
-/// The client's data plane: `lanes` data threads, for as many sessions at once.
+/// The client's data plane: `lanes` data threads, for as many sessions at once, each pinned
+/// to a core of its own as ferryd's are, but taken from the last core down. ferryd puts a
+/// first session on its first core, so when both ends share a host (loopback) each end of
+/// a session gets a core to itself. Unpinned, the scheduler's wake-affine placement kept
+/// pulling the receiving thread onto the core of the sender whose datagrams woke it: a
+/// 1 GiB loopback download ran at 6.4 Gbit/s with the client pinned to ferryd's core, at
+/// 14.6 on the other, and unpinned at either, run to run.
 fn start_data_plane(server: &SocketAddr, lanes: usize) -> Result<DataPlane, Failure> {
     let any: SocketAddr = if server.is_ipv4() {
         "0.0.0.0:0".parse().expect("literal")
     } else {
         "[::]:0".parse().expect("literal")
     };
-    DataPlane::start_lanes(any, lanes)
-        .map_err(|e| Failure(ErrorCode::Io, format!("binding a UDP socket: {e}")))
+    let cores: Vec<usize> = ferry_io::placement::available_cores()
+        .into_iter()
+        .rev()
+        .take(lanes)
+        .collect();
+    let plane = if cores.is_empty() {
+        DataPlane::start_lanes(any, lanes)
+    } else {
+        DataPlane::start_on(any, &cores)
+    };
+    plane.map_err(|e| Failure(ErrorCode::Io, format!("binding a UDP socket: {e}")))
 }
 
 /// The local side of an upload: manifest entries (relative names), the local path of each,

@@ -13,7 +13,8 @@
 //!
 //! The file lives in `FERRY_BENCH_DIR` (default `/dev/shm`, a tmpfs: the engine-bound
 //! case, as in the loopback acceptance script). Throughput counts file bytes; CPU seconds
-//! per GiB are 1 / (GiB/s) of one core, and cycles per byte that times the clock.
+//! per GiB are 1 / (GiB/s) of one core, and cycles per byte that times the clock. Blocks
+//! are `FERRY_BENCH_BLOCK` bytes (default 61,440, loopback's; 1416 is a 1500-byte MTU's).
 
 use std::fs::{File, OpenOptions};
 use std::hint::black_box;
@@ -27,8 +28,17 @@ use ferry_io::map::Mapping;
 use ferry_proto::crypto::{Backend, Cipher, Direction, Fastest, PacketKey, use_backend};
 use ferry_proto::wire::{BlockRef, DATA_HEADER_LEN, Header, Kind};
 
-/// 64 KiB datagrams less headers and tag, in whole pages: the engine's loopback block.
-const BLOCK: usize = 61_440;
+/// The block: `FERRY_BENCH_BLOCK` bytes, by default 61,440 (64 KiB datagrams less headers
+/// and tag, in whole pages: the engine's loopback block); 1416 is a 1500-byte MTU's.
+fn block() -> usize {
+    static BLOCK: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BLOCK.get_or_init(|| {
+        std::env::var("FERRY_BENCH_BLOCK")
+            .ok()
+            .and_then(|b| b.parse().ok())
+            .unwrap_or(61_440)
+    })
+}
 const FILE_LEN: usize = 128 << 20;
 const WINDOW: usize = 2 << 20;
 const SECRET: [u8; 32] = [0x5a; 32];
@@ -49,7 +59,7 @@ fn header(buf: &mut [u8], pn: u64, offset: u64) {
     BlockRef {
         file: 0,
         offset,
-        len: BLOCK as u32,
+        len: block() as u32,
     }
     .encode_at(buf);
 }
@@ -87,7 +97,7 @@ impl Drop for Source {
 }
 
 fn blocks() -> impl Iterator<Item = u64> {
-    (0..FILE_LEN / BLOCK).map(|i| (i * BLOCK) as u64)
+    (0..FILE_LEN / block()).map(|i| (i * block()) as u64)
 }
 
 fn datapath(c: &mut Criterion) {
@@ -103,21 +113,21 @@ fn datapath(c: &mut Criterion) {
 fn datapath_on(c: &mut Criterion, src: &Source, backend: Backend) {
     let key = PacketKey::<Fastest>::new(&SECRET, Cipher::Aes128Gcm, Direction::ClientToServer);
     let t = key.trailer_len();
-    let bytes = (FILE_LEN / BLOCK * BLOCK) as u64;
+    let bytes = (FILE_LEN / block() * block()) as u64;
     let mut g = c.benchmark_group(format!("datapath/{backend}"));
     g.throughput(Throughput::Bytes(bytes));
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(8));
 
-    let mut slot = vec![0u8; DATA_HEADER_LEN + BLOCK + t];
+    let mut slot = vec![0u8; DATA_HEADER_LEN + block() + t];
     g.bench_function("send/pread_seal", |b| {
         b.iter(|| {
             for (pn, off) in blocks().enumerate() {
                 header(&mut slot, pn as u64, off);
                 src.file
-                    .read_exact_at(&mut slot[DATA_HEADER_LEN..][..BLOCK], off)
+                    .read_exact_at(&mut slot[DATA_HEADER_LEN..][..block()], off)
                     .unwrap();
-                black_box(key.seal(&mut slot, DATA_HEADER_LEN, BLOCK).unwrap());
+                black_box(key.seal(&mut slot, DATA_HEADER_LEN, block()).unwrap());
             }
         });
     });
@@ -128,12 +138,12 @@ fn datapath_on(c: &mut Criterion, src: &Source, backend: Backend) {
                 let off = off as usize;
                 let w = off / WINDOW * WINDOW;
                 if window.as_ref().is_none_or(|(at, _)| *at != w) {
-                    let span = (WINDOW + BLOCK).min(FILE_LEN - w);
+                    let span = (WINDOW + block()).min(FILE_LEN - w);
                     window = Some((w, Mapping::new(&src.file, w as u64, span).unwrap()));
                 }
                 let (_, m) = window.as_ref().unwrap();
                 header(&mut slot, pn as u64, off as u64);
-                let body = &m.bytes()[off - w..][..BLOCK];
+                let body = &m.bytes()[off - w..][..block()];
                 black_box(key.seal_from(&mut slot, DATA_HEADER_LEN, body).unwrap());
             }
         });
@@ -143,12 +153,12 @@ fn datapath_on(c: &mut Criterion, src: &Source, backend: Backend) {
     // each time, the copy outside the timing), written into a preallocated file.
     let ring: Vec<Vec<u8>> = (0..64u64)
         .map(|pn| {
-            let mut d = vec![0u8; DATA_HEADER_LEN + BLOCK + t];
+            let mut d = vec![0u8; DATA_HEADER_LEN + block() + t];
             header(&mut d, pn, 0);
             src.file
-                .read_exact_at(&mut d[DATA_HEADER_LEN..][..BLOCK], pn * BLOCK as u64)
+                .read_exact_at(&mut d[DATA_HEADER_LEN..][..block()], pn * block() as u64)
                 .unwrap();
-            key.seal(&mut d, DATA_HEADER_LEN, BLOCK).unwrap();
+            key.seal(&mut d, DATA_HEADER_LEN, block()).unwrap();
             d
         })
         .collect();
@@ -161,7 +171,7 @@ fn datapath_on(c: &mut Criterion, src: &Source, backend: Backend) {
         .open(&out_path)
         .unwrap();
     ferry_io::file::preallocate(&out, FILE_LEN as u64).unwrap();
-    let mut buf = vec![0u8; DATA_HEADER_LEN + BLOCK + t];
+    let mut buf = vec![0u8; DATA_HEADER_LEN + block() + t];
     g.bench_function("recv/open_write", |b| {
         b.iter_custom(|iters| {
             let mut spent = Duration::ZERO;

@@ -1353,7 +1353,8 @@ impl Session {
                     spec.cipher.trailer_len(),
                 ));
                 let sender = Sender::new_resuming(cfg, manifest, held, now);
-                files.windows.enabled = sender.seals_from_in_one_pass();
+                files.windows.enabled =
+                    crate::source::map_sources(sender.seals_from_in_one_pass(), spec.block_size);
                 Machine::Send(Box::new(sender), buffers)
             }
             Role::Receiver => {

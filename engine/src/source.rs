@@ -1,11 +1,12 @@
 //! The sender's packet buffers and where their blocks come from.
 //!
-//! Where the AES-GCM backend seals out of place in one pass (aws-lc), a block of a large
-//! file is not copied into its slot: the slot points at the block in a mapped window of the
+//! Where the AES-GCM backend seals out of place in one pass (aws-lc), or blocks are small
+//! (a 1500-byte MTU's), a block of a large file is not read into its slot: the slot points at the block in a mapped window of the
 //! file, and the sender seals it from there into the slot
-//! ([`TxBuffers::slot_and_source`]), one pass over the bytes instead of `pread` and then
-//! sealing in place. Small files, files the kernel will not map, and every file where the
-//! seal would copy first anyway (ring, cipher `none`) are read into the slot.
+//! ([`TxBuffers::slot_and_source`]): one pass over the bytes instead of `pread` and then
+//! sealing in place, or, where the seal copies first (ring, cipher `none`), no system call
+//! per block. Small files, files the kernel will not map, and large blocks where the seal
+//! would copy first anyway are read into the slot ([`map_sources`]).
 //!
 //! Windows are [`WINDOW`] bytes of the file (plus one block, so that every block starting
 //! in a window lies wholly inside it), mapped with the pages populated. A few recent ones
@@ -25,6 +26,20 @@ pub(crate) const WINDOW: u64 = 2 << 20;
 /// Files smaller than this are read into the slots: a mapping costs two syscalls and a
 /// page-table teardown, more than copying a few blocks.
 pub(crate) const MAP_FROM: u64 = 1 << 20;
+/// Blocks below this size are sealed from a mapping whatever the seal: one `pread` each
+/// would cost more than the copy out of the mapping.
+pub(crate) const MAP_BLOCKS_BELOW: u32 = 8192;
+
+/// Whether a sender maps its large sources: where the seal reads a block out of place in
+/// one pass (aws-lc), or where blocks are small. Otherwise (ring, cipher `none`, with
+/// large blocks) the seal would copy out of the mapping first, and `pread` copies faster.
+/// `FERRY_BENCH_BLOCK=N cargo bench -p ferry-benches --bench datapath`, ring, GiB/s read
+/// then sealed against mapped: 1416 B 1.36 / 2.28, 8192 B 3.03 / 2.94, 16384 B 3.29 /
+/// 3.03, 61440 B 3.92 / 3.13.
+pub(crate) fn map_sources(seals_in_one_pass: bool, block_size: u32) -> bool {
+    seals_in_one_pass || block_size < MAP_BLOCKS_BELOW
+}
+
 /// Windows kept mapped for the next blocks, beyond those slots still point into.
 const KEPT: usize = 4;
 
@@ -114,10 +129,7 @@ impl TxBuffers for SendSlots {
 /// Recently mapped windows of the files a sender reads.
 #[derive(Default)]
 pub(crate) struct Windows {
-    /// Whether large files are mapped at all: only where the key seals out of place in one
-    /// pass (`PacketKey::seals_from_in_one_pass`). Otherwise the seal would copy out of
-    /// the mapping first, and `pread` copies faster (`cargo bench --bench datapath`, ring
-    /// on this project's VM: 3.9 GiB/s read then sealed, 3.1 mapped).
+    /// Whether large files are mapped at all ([`map_sources`]).
     pub(crate) enabled: bool,
     /// (file index, window number, mapping), oldest first.
     kept: Vec<(u32, u64, Arc<Mapping>)>,
@@ -174,4 +186,20 @@ impl Windows {
 fn map(file: &File, offset: u64, len: u64) -> io::Result<Mapping> {
     let len = usize::try_from(len).map_err(|_| io::Error::other("window too large"))?;
     Mapping::new(file, offset, len)
+}
+
+#[cfg(test)]
+mod map_tests {
+    use super::*;
+
+    #[test]
+    fn sources_are_mapped_where_that_saves_a_pass_or_a_call() {
+        // One-pass seal (aws-lc): always.
+        assert!(map_sources(true, 61_440));
+        assert!(map_sources(true, 1416));
+        // A seal that copies first (ring, none): only for small blocks.
+        assert!(map_sources(false, 1416));
+        assert!(!map_sources(false, MAP_BLOCKS_BELOW));
+        assert!(!map_sources(false, 61_440));
+    }
 }

@@ -2167,10 +2167,14 @@ impl DataThread {
                 .filter_map(Session::poll_timeout)
                 .chain((!self.sessions.is_empty()).then_some(self.next_snapshot))
                 .min();
-            let wait = match next {
+            let mut wait = match next {
                 Some(t) => t.saturating_since(self.now()),
                 None => Duration::from_millis(200),
             };
+            if !self.inbound.flush() {
+                // Writes the kernel has not taken yet: no completion will wake us for them.
+                wait = wait.min(Duration::from_millis(1));
+            }
             if !wait.is_zero() {
                 let t = Instant::now();
                 let fds: Vec<RawFd> = std::iter::once(self.socket.as_raw_fd())
@@ -2211,7 +2215,9 @@ impl DataThread {
                         continue;
                     }
                     let id = u32::from_be_bytes(datagram[4..8].try_into().expect("4 bytes"));
-                    let Some(s) = self.sessions.get_mut(&id) else {
+                    // A session that has ended (it only waits for its writes in flight to be
+                    // reaped) takes no more data, as if it were gone already.
+                    let Some(s) = self.sessions.get_mut(&id).filter(|s| !s.finished) else {
                         self.unknown_session += 1;
                         continue;
                     };
@@ -2266,6 +2272,10 @@ impl DataThread {
             let Some(fd) = s.tunnel.as_ref().map(|fd| fd.as_raw_fd()) else {
                 continue;
             };
+            if s.finished {
+                // Ended; only waiting for its writes in flight to be reaped.
+                continue;
+            }
             for _ in 0..256 {
                 let n = match tunnel::recv(&fd, buf) {
                     Ok(0) => {

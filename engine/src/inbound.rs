@@ -45,8 +45,12 @@ pub(crate) const BATCHES: usize = 8;
 /// Messages one receive call can take (each up to 64 KiB: a datagram, or many coalesced by
 /// GRO).
 pub(crate) const MESSAGES: usize = 16;
-/// Writes the ring holds at once; a batch stages at most a few hundred.
+/// Writes handed to the ring per submission; a batch stages at most 1024 (16 messages of
+/// at most 64 GRO segments), so a full one goes in one call or two.
 const DEPTH: u32 = 1024;
+/// Completions the ring holds: every write all batches can have in flight (8 × 1024), twice
+/// over, so none waits in the kernel's overflow list.
+const COMPLETIONS: u32 = 16 * 1024;
 /// Blocks gathered into one write at most (the kernel's `IOV_MAX` is 1024).
 const MAX_GATHER: usize = 256;
 
@@ -98,10 +102,12 @@ impl Written {
 
 /// A lane's receive batches and disk queue.
 pub(crate) struct Inbound {
+    // First, so that it is dropped first: its drop waits out the writes in flight, which
+    // read from `batches`.
+    queue: Option<WriteQueue>,
     batches: Vec<RecvBatch>,
     /// Writes in flight from each batch.
     busy: Vec<usize>,
-    queue: Option<WriteQueue>,
     ops: Vec<Option<Op>>,
     free: Vec<usize>,
     stage: Stage,
@@ -117,8 +123,8 @@ impl Inbound {
     pub fn new() -> Inbound {
         let queue = match std::env::var(ENV).as_deref() {
             Ok("off") => None,
-            Ok("worker") => WriteQueue::new(DEPTH, Issue::Worker).ok(),
-            _ => WriteQueue::new(DEPTH, Issue::Inline).ok(),
+            Ok("worker") => WriteQueue::new(DEPTH, COMPLETIONS, Issue::Worker).ok(),
+            _ => WriteQueue::new(DEPTH, COMPLETIONS, Issue::Inline).ok(),
         };
         let batches = if queue.is_some() { BATCHES } else { 1 };
         Inbound {
@@ -131,6 +137,15 @@ impl Inbound {
             current: 0,
             completions: Vec::new(),
             per_session: Default::default(),
+        }
+    }
+
+    /// Hands the kernel what an earlier submission left behind; `false` when something
+    /// still waits (the lane then must not sleep long: no completion will wake it).
+    pub fn flush(&mut self) -> bool {
+        match self.queue.as_mut() {
+            Some(q) => q.submit().is_ok() && !q.unsubmitted(),
+            None => true,
         }
     }
 

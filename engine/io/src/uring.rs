@@ -52,17 +52,23 @@ pub struct WriteQueue {
     event: OwnedFd,
     ops: Vec<Op>,
     free: Vec<u32>,
-    pushed: usize,
     in_flight: usize,
     issue: Issue,
 }
 
 impl WriteQueue {
-    /// A ring for `depth` writes in flight (rounded up to a power of two by the kernel).
-    /// Fails where io_uring is unavailable (`kernel.io_uring_disabled`, seccomp, an old
-    /// kernel): the caller falls back to plain positioned writes.
-    pub fn new(depth: u32, issue: Issue) -> io::Result<WriteQueue> {
-        let ring = IoUring::new(depth.max(1))?;
+    /// A ring that takes `depth` writes per submission and holds `completions` finished
+    /// ones (each rounded up to a power of two by the kernel). More writes than that may be
+    /// in flight: completions beyond it wait in the kernel, and
+    /// [`completions`](Self::completions) fetches them, but that costs a system call, so
+    /// size it for what is usually in flight. Fails where io_uring is unavailable
+    /// (`kernel.io_uring_disabled`, seccomp, an old kernel): the caller falls back to plain
+    /// positioned writes.
+    pub fn new(depth: u32, completions: u32, issue: Issue) -> io::Result<WriteQueue> {
+        let depth = depth.max(1);
+        let ring = IoUring::builder()
+            .setup_cqsize(completions.max(2 * depth))
+            .build(depth)?;
         // SAFETY: eventfd takes an initial value and flags and returns a new descriptor
         // or -1.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
@@ -77,7 +83,6 @@ impl WriteQueue {
             event,
             ops: Vec::new(),
             free: Vec::new(),
-            pushed: 0,
             in_flight: 0,
             issue,
         })
@@ -149,16 +154,23 @@ impl WriteQueue {
         // the caller promises the same of the buffers and the descriptor.
         unsafe { self.ring.submission().push(&entry) }
             .map_err(|_| io::Error::from(io::ErrorKind::WouldBlock))?;
-        self.pushed += 1;
         self.in_flight += 1;
         Ok(())
     }
 
-    /// Hands every pushed write to the kernel in one system call.
+    /// Whether pushed writes wait to be handed to the kernel (a [`submit`](Self::submit)
+    /// that failed leaves them there).
+    pub fn unsubmitted(&mut self) -> bool {
+        !self.ring.submission().is_empty()
+    }
+
+    /// Hands every pushed write to the kernel in one system call (and fetches completions
+    /// that did not fit the completion queue). What a failure leaves unsubmitted stays
+    /// queued for the next call.
     pub fn submit(&mut self) -> io::Result<()> {
-        if self.pushed > 0 {
+        let overflow = self.ring.submission().cq_overflow();
+        if self.unsubmitted() || overflow {
             self.ring.submit()?;
-            self.pushed = 0;
         }
         Ok(())
     }
@@ -175,22 +187,29 @@ impl WriteQueue {
                 counter.len(),
             );
         }
-        for cqe in self.ring.completion() {
-            let index = cqe.user_data() as usize;
-            let op = &mut self.ops[index];
-            debug_assert!(op.busy);
-            op.busy = false;
-            self.free.push(index as u32);
-            self.in_flight -= 1;
-            let r = cqe.result();
-            out.push(Completion {
-                token: op.token,
-                result: if r < 0 {
-                    Err(io::Error::from_raw_os_error(-r))
-                } else {
-                    Ok(r as usize)
-                },
-            });
+        loop {
+            for cqe in self.ring.completion() {
+                let index = cqe.user_data() as usize;
+                let op = &mut self.ops[index];
+                debug_assert!(op.busy);
+                op.busy = false;
+                self.free.push(index as u32);
+                self.in_flight -= 1;
+                let r = cqe.result();
+                out.push(Completion {
+                    token: op.token,
+                    result: if r < 0 {
+                        Err(io::Error::from_raw_os_error(-r))
+                    } else {
+                        Ok(r as usize)
+                    },
+                });
+            }
+            // Completions that did not fit the queue wait in the kernel until an enter
+            // asks for them (the crate's submit does when the overflow flag is up).
+            if !self.ring.submission().cq_overflow() || self.ring.submit().is_err() {
+                break;
+            }
         }
     }
 
@@ -201,7 +220,6 @@ impl WriteQueue {
             return Ok(());
         }
         self.ring.submit_and_wait(1)?;
-        self.pushed = 0;
         self.completions(out);
         Ok(())
     }
@@ -212,10 +230,10 @@ impl Drop for WriteQueue {
         // The kernel may still read buffers the caller is about to free: wait them out.
         let mut sink = Vec::new();
         while self.in_flight > 0 {
-            if self.wait(&mut sink).is_err() {
-                break;
+            match self.wait(&mut sink) {
+                Err(e) if e.kind() != io::ErrorKind::Interrupted => break,
+                _ => sink.clear(),
             }
-            sink.clear();
         }
     }
 }
@@ -250,7 +268,7 @@ mod tests {
     #[test]
     fn gathered_writes_land_at_their_offsets_with_their_tokens() {
         for issue in [Issue::Worker, Issue::Inline] {
-            let Ok(mut q) = WriteQueue::new(8, issue) else {
+            let Ok(mut q) = WriteQueue::new(8, 16, issue) else {
                 eprintln!("skipped: io_uring is not available here");
                 return;
             };
@@ -288,7 +306,7 @@ mod tests {
 
     #[test]
     fn a_failed_write_reports_the_os_error() {
-        let Ok(mut q) = WriteQueue::new(4, Issue::Worker) else {
+        let Ok(mut q) = WriteQueue::new(4, 8, Issue::Worker) else {
             eprintln!("skipped: io_uring is not available here");
             return;
         };
@@ -310,7 +328,7 @@ mod tests {
 
     #[test]
     fn a_full_submission_queue_says_would_block() {
-        let Ok(mut q) = WriteQueue::new(2, Issue::Inline) else {
+        let Ok(mut q) = WriteQueue::new(2, 4, Issue::Inline) else {
             eprintln!("skipped: io_uring is not available here");
             return;
         };
@@ -328,6 +346,37 @@ mod tests {
             q.wait(&mut done).unwrap();
         }
         assert!(q.has_room());
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    /// More writes in flight than the completion queue holds: every completion still comes
+    /// back, without a blocking wait, as data stops arriving at the end of a transfer.
+    #[test]
+    fn completions_beyond_the_completion_queue_are_all_fetched() {
+        let Ok(mut q) = WriteQueue::new(8, 16, Issue::Inline) else {
+            eprintln!("skipped: io_uring is not available here");
+            return;
+        };
+        let (path, f) = temp("overflow");
+        let data = [7u8; 512];
+        let total = 64u64;
+        for i in 0..total {
+            // SAFETY: the file and buffer outlive the completions taken below.
+            while unsafe { q.push_write(f.as_raw_fd(), i * 512, &[&data], i) }.is_err() {
+                q.submit().unwrap();
+            }
+        }
+        q.submit().unwrap();
+        // Let every write finish in the kernel before looking.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let mut done = Vec::new();
+        q.completions(&mut done);
+        assert_eq!(
+            done.len(),
+            total as usize,
+            "completions stuck in the kernel"
+        );
+        assert_eq!(q.in_flight(), 0);
         std::fs::remove_file(&path).unwrap();
     }
 }

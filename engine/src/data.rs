@@ -358,6 +358,19 @@ impl LaneLoad {
         self.sessions.fetch_add(1, Ordering::Relaxed);
         self.moving.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// A session's data is done moving.
+    fn stopped_moving(&self) {
+        self.moving.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A session left the lane; `moving` if its data was still counted as moving.
+    fn ended(&self, moving: bool) {
+        self.sessions.fetch_sub(1, Ordering::Relaxed);
+        if moving {
+            self.stopped_moving();
+        }
+    }
 }
 
 /// How often a receiving session makes what it has written durable and checkpoints it.
@@ -643,9 +656,7 @@ impl DataPlane {
             ))
             .is_err()
         {
-            let load = &self.lanes[lane].load;
-            load.sessions.fetch_sub(1, Ordering::Relaxed);
-            load.moving.fetch_sub(1, Ordering::Relaxed);
+            self.lanes[lane].load.ended(true);
             let _ = tx.send(SessionReport::failed(
                 ErrorCode::Internal,
                 "the data plane has stopped".into(),
@@ -1620,9 +1631,8 @@ impl Session {
         }
     }
 
-    /// A datagram from the peer: `from` is its UDP address, `None` through the tunnel.
-    /// Takes in one datagram: the block it brought for the disk, if any, comes back, for
-    /// the caller to write ([`Session::write_now`] or through the lane's disk queue) and
+    /// A datagram from the peer: `from` is its UDP address, `None` through the tunnel. The
+    /// block it brought for the disk, if any, comes back, for the caller to write ([`Session::write_now`] or through the lane's disk queue) and
     /// then report ([`Session::written`]).
     fn handle_datagram(
         &mut self,
@@ -2117,8 +2127,7 @@ impl DataThread {
                                 self.stats.ended.sessions_started += 1;
                             }
                             Err((code, msg)) => {
-                                self.load.sessions.fetch_sub(1, Ordering::Relaxed);
-                                self.load.moving.fetch_sub(1, Ordering::Relaxed);
+                                self.load.ended(true);
                                 let _ = report.send(SessionReport::failed(code, msg));
                             }
                         }
@@ -2156,7 +2165,7 @@ impl DataThread {
                 s.drive(now, &self.socket, &mut self.stats);
                 if s.moving && (s.done_at.is_some() || s.finished) {
                     s.moving = false;
-                    self.load.moving.fetch_sub(1, Ordering::Relaxed);
+                    self.load.stopped_moving();
                 }
             }
             self.reap();
@@ -2314,10 +2323,7 @@ impl DataThread {
             .collect();
         for id in ended {
             let s = self.sessions.remove(&id).expect("listed");
-            self.load.sessions.fetch_sub(1, Ordering::Relaxed);
-            if s.moving {
-                self.load.moving.fetch_sub(1, Ordering::Relaxed);
-            }
+            self.load.ended(s.moving);
             let mut c = s.counters();
             c.sessions_ended = 1;
             c.sessions_failed = u64::from(s.error.is_some() || s.done_at.is_none());

@@ -253,6 +253,15 @@ mod tests {
     use std::fs::{File, OpenOptions};
     use std::io::Read;
 
+    /// A queue, or `None` (said on stderr) where io_uring is not available.
+    fn queue(depth: u32, completions: u32, issue: Issue) -> Option<WriteQueue> {
+        let q = WriteQueue::new(depth, completions, issue).ok();
+        if q.is_none() {
+            eprintln!("skipped: io_uring is not available here");
+        }
+        q
+    }
+
     fn temp(name: &str) -> (std::path::PathBuf, File) {
         let path = std::env::temp_dir().join(format!("ferry-uring-{}-{name}", std::process::id()));
         let f = OpenOptions::new()
@@ -268,8 +277,7 @@ mod tests {
     #[test]
     fn gathered_writes_land_at_their_offsets_with_their_tokens() {
         for issue in [Issue::Worker, Issue::Inline] {
-            let Ok(mut q) = WriteQueue::new(8, 16, issue) else {
-                eprintln!("skipped: io_uring is not available here");
+            let Some(mut q) = queue(8, 16, issue) else {
                 return;
             };
             let (path, f) = temp(&format!("{issue:?}"));
@@ -306,8 +314,7 @@ mod tests {
 
     #[test]
     fn a_failed_write_reports_the_os_error() {
-        let Ok(mut q) = WriteQueue::new(4, 8, Issue::Worker) else {
-            eprintln!("skipped: io_uring is not available here");
+        let Some(mut q) = queue(4, 8, Issue::Worker) else {
             return;
         };
         let (path, f) = temp("ro");
@@ -328,8 +335,7 @@ mod tests {
 
     #[test]
     fn a_full_submission_queue_says_would_block() {
-        let Ok(mut q) = WriteQueue::new(2, 4, Issue::Inline) else {
-            eprintln!("skipped: io_uring is not available here");
+        let Some(mut q) = queue(2, 4, Issue::Inline) else {
             return;
         };
         let (path, f) = temp("full");
@@ -353,8 +359,7 @@ mod tests {
     /// back, without a blocking wait, as data stops arriving at the end of a transfer.
     #[test]
     fn completions_beyond_the_completion_queue_are_all_fetched() {
-        let Ok(mut q) = WriteQueue::new(8, 16, Issue::Inline) else {
-            eprintln!("skipped: io_uring is not available here");
+        let Some(mut q) = queue(8, 16, Issue::Inline) else {
             return;
         };
         let (path, f) = temp("overflow");

@@ -8,6 +8,8 @@
 # same pair give the ceiling when installed. As root.
 # Usage: benches/scripts/veth.sh BIN_DIR [BIN_DIR…]   (env: SIZE_MIB=512 ROUNDS=3 MTU=1500)
 set -u
+[[ $# -ge 1 ]] || { echo "usage: $0 BIN_DIR [BIN_DIR…]" >&2; exit 2; }
+bins=(); for b in "$@"; do bins+=("$(realpath "$b")"); done; set -- "${bins[@]}"   # the run cds away
 SIZE_MIB=${SIZE_MIB:-512}; ROUNDS=${ROUNDS:-3}; MTU=${MTU:-1500}
 NS=ferryveth$$; A=$NS-a; B=$NS-b
 W=$(mktemp -d /tmp/ferry-veth.XXXXXX); mount -t tmpfs -o size=$((SIZE_MIB * 4 + 256))m tmpfs "$W"
@@ -15,7 +17,9 @@ cleanup() {
   kill $(jobs -p) 2>/dev/null; pkill -f "ferryd run --config srv[0-9]" 2>/dev/null; wait 2>/dev/null
   sleep 0.5
   ip netns del "$A" 2>/dev/null; ip netns del "$B" 2>/dev/null
-  for _ in 1 2 3 4 5 6 7 8 9 10; do umount "$W" 2>/dev/null && break; sleep 1; done; rmdir "$W"
+  cd / || true   # the shell itself works inside the tmpfs: leave it, or the umount is refused
+  for _ in 1 2 3 4 5 6 7 8 9 10; do umount "$W" 2>/dev/null && break; sleep 1; done
+  rmdir "$W" 2>/dev/null || echo "veth.sh: could not unmount $W; umount it by hand" >&2
 }
 trap cleanup EXIT
 ip netns add "$A"; ip netns add "$B"

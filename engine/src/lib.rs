@@ -27,6 +27,7 @@ pub mod doctor;
 mod finisher;
 mod inbound;
 pub mod integrity;
+pub mod listing;
 pub mod logging;
 pub mod metrics;
 mod outbound;

@@ -27,6 +27,7 @@ use ferry_proto::RangeSet;
 use ferry_proto::checkpoint::Checkpoint;
 
 use crate::data::FileEntry;
+use crate::listing::Listings;
 use crate::sums::FileSums;
 
 /// Suffix of a file being received.
@@ -199,22 +200,23 @@ pub fn plan_file(
     block_size: u32,
     policy: ResumePolicy,
     sums: Option<&FileSums>,
+    seen: &mut Listings,
 ) -> io::Result<FilePlan> {
     let sums = sums.filter(|s| policy.level >= 2 && !s.is_empty() && s.is_well_formed(entry.size));
-    if let Some(skip) = judge_existing(path, entry, policy, sums)? {
+    if let Some(skip) = judge_existing(path, entry, policy, sums, seen)? {
         return Ok(skip);
     }
     if policy.level >= 1 {
-        match resumable(path, entry, block_size, sums) {
+        match resumable(path, entry, block_size, sums, seen) {
             Ok(Some(plan)) => return Ok(plan),
             Ok(None) => {}
             Err(why) => {
-                discard_partial(path)?;
+                discard_partial(path, seen)?;
                 return Ok(FilePlan::send(why));
             }
         }
     }
-    discard_partial(path)?;
+    discard_partial(path, seen)?;
     Ok(FilePlan::send(""))
 }
 
@@ -225,8 +227,9 @@ pub(crate) fn keep_existing_file(
     path: &Path,
     entry: &FileEntry,
     policy: ResumePolicy,
+    seen: &mut Listings,
 ) -> io::Result<Option<FilePlan>> {
-    judge_existing(path, entry, policy, None)
+    judge_existing(path, entry, policy, None, seen)
 }
 
 fn judge_existing(
@@ -234,7 +237,11 @@ fn judge_existing(
     entry: &FileEntry,
     policy: ResumePolicy,
     sums: Option<&FileSums>,
+    seen: &mut Listings,
 ) -> io::Result<Option<FilePlan>> {
+    if !seen.may_exist(path) {
+        return Ok(None);
+    }
     let Some(existing) = existing_file(path)? else {
         return Ok(None);
     };
@@ -290,9 +297,10 @@ fn resumable(
     entry: &FileEntry,
     block_size: u32,
     sums: Option<&FileSums>,
+    seen: &mut Listings,
 ) -> Result<Option<FilePlan>, String> {
     // The whole file's checkpoint and those of pieces written by split sessions, together.
-    let bytes = crate::split::held(path, entry.size, entry.mtime)?;
+    let bytes = crate::split::held(path, entry.size, entry.mtime, seen)?;
     if bytes.is_empty() {
         return Ok(None);
     }
@@ -349,10 +357,13 @@ fn checked(
 /// Removes `NAME.partial.ckpt` (and a temporary one beside it) and `NAME.partial`, the
 /// checkpoint first, and the checkpoints of split pieces (looked for only when there was a
 /// partial).
-pub fn discard_partial(path: &Path) -> io::Result<()> {
+pub fn discard_partial(path: &Path, seen: &mut Listings) -> io::Result<()> {
     let mut had_partial = false;
     let ckpt = checkpoint_path(path);
     for p in [temporary(&ckpt), ckpt, partial_path(path)] {
+        if !seen.may_exist(&p) {
+            continue;
+        }
         match fs::remove_file(&p) {
             Ok(()) => had_partial = p.extension().is_some_and(|e| e == "partial"),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -360,7 +371,7 @@ pub fn discard_partial(path: &Path) -> io::Result<()> {
         }
     }
     if had_partial {
-        crate::split::remove_checkpoints(path)?;
+        crate::split::remove_checkpoints(path, seen)?;
     }
     Ok(())
 }
@@ -458,9 +469,44 @@ mod tests {
     }
 
     fn action(path: &Path, e: &FileEntry, level: u8, overwrite: Overwrite) -> FileAction {
-        plan_file(path, e, 100, ResumePolicy { level, overwrite }, None)
-            .unwrap()
-            .action
+        plan_file(
+            path,
+            e,
+            100,
+            ResumePolicy { level, overwrite },
+            None,
+            &mut Listings::new(),
+        )
+        .unwrap()
+        .action
+    }
+
+    /// Replacing every file of a full directory used to list the directory once per file,
+    /// looking for piece checkpoints: 25 s for 10,000 files.
+    #[test]
+    fn planning_a_directory_reads_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = ResumePolicy {
+            level: 1,
+            overwrite: Overwrite::Always,
+        };
+        let paths: Vec<_> = (0..50).map(|i| dir.path().join(format!("f{i}"))).collect();
+        for p in &paths {
+            fs::write(p, b"old").unwrap();
+            fs::write(partial_path(p), b"").unwrap();
+        }
+        let mut seen = Listings::new();
+        let before = crate::listing::READS.with(|r| r.get());
+        for p in &paths {
+            let plan = plan_file(p, &entry(10, 1), 100, policy, None, &mut seen).unwrap();
+            assert_eq!(plan.action, FileAction::Send);
+            assert!(!partial_path(p).exists(), "the stale partial stays");
+        }
+        let reads = crate::listing::READS.with(|r| r.get()) - before;
+        assert_eq!(
+            reads, 1,
+            "the directory was read {reads} times for 50 files"
+        );
     }
 
     #[test]
@@ -518,7 +564,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let e = entry(1050, 7);
         let p = partial_with(dir.path(), &e, &ckpt(&e, &[0..250, 400..1050]).encode());
-        let plan = plan_file(&p, &e, 100, ResumePolicy::default_resume(), None).unwrap();
+        let plan = plan_file(
+            &p,
+            &e,
+            100,
+            ResumePolicy::default_resume(),
+            None,
+            &mut Listings::new(),
+        )
+        .unwrap();
         assert_eq!(plan.action, FileAction::Resume);
         assert_eq!(plan.held, vec![(0, 2), (4, 11)]);
         assert_eq!(plan.held_bytes(1050, 100), 200 + 650);
@@ -533,7 +587,15 @@ mod tests {
             "a peer's nonsense is harmless"
         );
         // At level 0 the same partial is thrown away.
-        let plan = plan_file(&p, &e, 100, ResumePolicy::default(), None).unwrap();
+        let plan = plan_file(
+            &p,
+            &e,
+            100,
+            ResumePolicy::default(),
+            None,
+            &mut Listings::new(),
+        )
+        .unwrap();
         assert_eq!(plan.action, FileAction::Send);
         assert!(!partial_path(&p).exists() && !checkpoint_path(&p).exists());
     }
@@ -553,7 +615,15 @@ mod tests {
         ] {
             let dir = tempfile::tempdir().unwrap();
             let p = partial_with(dir.path(), &e, bytes);
-            let plan = plan_file(&p, &e, 100, ResumePolicy::default_resume(), None).unwrap();
+            let plan = plan_file(
+                &p,
+                &e,
+                100,
+                ResumePolicy::default_resume(),
+                None,
+                &mut Listings::new(),
+            )
+            .unwrap();
             assert_eq!(plan.action, FileAction::Send, "{what}");
             assert!(
                 plan.reason.starts_with("restarted"),
@@ -594,7 +664,7 @@ mod tests {
             (3, FileAction::Skip),
         ] {
             let sums = FileSums::compute(&src, e.size, l).unwrap();
-            let plan = plan_file(&p, &e, 100, level(l), Some(&sums)).unwrap();
+            let plan = plan_file(&p, &e, 100, level(l), Some(&sums), &mut Listings::new()).unwrap();
             assert_eq!(plan.action, want, "-k {l}");
         }
         fs::remove_file(&p).unwrap();
@@ -610,7 +680,7 @@ mod tests {
                 &ckpt(&e, std::slice::from_ref(&(0..2_600_000))).encode(),
             );
             let sums = FileSums::compute(&src, e.size, l).unwrap();
-            let plan = plan_file(&p, &e, 100, level(l), Some(&sums)).unwrap();
+            let plan = plan_file(&p, &e, 100, level(l), Some(&sums), &mut Listings::new()).unwrap();
             assert_eq!(plan.action, want, "-k {l}: {}", plan.reason);
         }
         // The right bytes resume at every level.
@@ -622,7 +692,7 @@ mod tests {
             );
             fs::write(partial_path(&p), &data).unwrap();
             let sums = FileSums::compute(&src, e.size, l).unwrap();
-            let plan = plan_file(&p, &e, 100, level(l), Some(&sums)).unwrap();
+            let plan = plan_file(&p, &e, 100, level(l), Some(&sums), &mut Listings::new()).unwrap();
             assert_eq!(plan.action, FileAction::Resume, "-k {l}: {}", plan.reason);
         }
     }
@@ -656,7 +726,7 @@ mod tests {
         // A file that restarts.
         fs::write(partial_path(&p), b"x").unwrap();
         fs::write(&tmp, b"half").unwrap();
-        discard_partial(&p).unwrap();
+        discard_partial(&p, &mut Listings::new()).unwrap();
         assert!(!tmp.exists(), "discard_partial left {}", tmp.display());
         // A file that completes.
         fs::write(checkpoint_path(&p), b"c").unwrap();

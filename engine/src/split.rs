@@ -28,6 +28,7 @@ use ferry_proto::RangeSet;
 use ferry_proto::checkpoint::Checkpoint;
 
 use crate::data::FileEntry;
+use crate::listing::Listings;
 use crate::resume::{self, CHECKPOINT_SUFFIX, FileAction, FilePlan, PARTIAL_SUFFIX, ResumePolicy};
 
 /// `NAME.partial.OFFSET.ckpt`: the checkpoint of the piece at `offset` of the file at
@@ -46,49 +47,43 @@ pub fn checkpoint_path_for(path: &Path, entry: &FileEntry) -> PathBuf {
     }
 }
 
-/// Every checkpoint file of the file at `path`: the whole file's and its pieces'.
-pub fn checkpoint_files(path: &Path) -> io::Result<Vec<PathBuf>> {
+/// Every checkpoint file of the file at `path`: the whole file's and its pieces', in name
+/// order, as `seen` lists its directory.
+pub fn checkpoint_files(path: &Path, seen: &mut Listings) -> io::Result<Vec<PathBuf>> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
         return Ok(Vec::new());
     };
     let prefix = format!("{name}{PARTIAL_SUFFIX}");
-    let entries = match fs::read_dir(if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    }) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut out = Vec::new();
-    for e in entries {
-        let e = e?;
-        let Some(n) = e.file_name().to_str().map(str::to_owned) else {
-            continue;
-        };
-        let Some(rest) = n.strip_prefix(&prefix) else {
-            continue;
+    let mut out = seen.starting_with(dir, &prefix)?;
+    out.retain(|p| {
+        let Some(rest) = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix(&prefix))
+        else {
+            return false;
         };
         let whole = rest == CHECKPOINT_SUFFIX;
         let piece = rest
             .strip_prefix('.')
             .and_then(|r| r.strip_suffix(CHECKPOINT_SUFFIX))
             .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()));
-        if whole || piece {
-            out.push(dir.join(n));
-        }
-    }
-    out.sort();
+        whole || piece
+    });
     Ok(out)
 }
 
 /// The bytes of the file at `path` that its checkpoints, together, name as durable for
 /// the source of `whole_size` bytes modified at `mtime`. `Err(why)` when one of them is
 /// damaged or describes another source: then none of them can be trusted.
-pub fn held(path: &Path, whole_size: u64, mtime: (i64, u32)) -> Result<RangeSet, String> {
-    let files =
-        checkpoint_files(path).map_err(|e| format!("the checkpoints cannot be listed ({e})"))?;
+pub fn held(
+    path: &Path,
+    whole_size: u64,
+    mtime: (i64, u32),
+    seen: &mut Listings,
+) -> Result<RangeSet, String> {
+    let files = checkpoint_files(path, seen)
+        .map_err(|e| format!("the checkpoints cannot be listed ({e})"))?;
     let mut all = RangeSet::new();
     for f in files {
         let bytes = match fs::read(&f) {
@@ -109,8 +104,8 @@ pub fn held(path: &Path, whole_size: u64, mtime: (i64, u32)) -> Result<RangeSet,
 }
 
 /// Removes every checkpoint of the file at `path` (the whole file's and its pieces').
-pub fn remove_checkpoints(path: &Path) -> io::Result<()> {
-    for f in checkpoint_files(path)? {
+pub fn remove_checkpoints(path: &Path, seen: &mut Listings) -> io::Result<()> {
+    for f in checkpoint_files(path, seen)? {
         resume::remove_checkpoint_at(&f)?;
     }
     Ok(())
@@ -136,6 +131,7 @@ pub fn plan_piece(
     entry: &FileEntry,
     block_size: u32,
     policy: ResumePolicy,
+    seen: &mut Listings,
 ) -> io::Result<FilePlan> {
     let whole = FileEntry {
         size: entry.whole_size(),
@@ -146,17 +142,17 @@ pub fn plan_piece(
         level: policy.level.min(1),
         ..policy
     };
-    if let Some(skip) = resume::keep_existing_file(path, &whole, level1)? {
+    if let Some(skip) = resume::keep_existing_file(path, &whole, level1, seen)? {
         return Ok(skip);
     }
     if policy.level == 0 {
-        remove_file_if_any(&checkpoint_path_for(path, entry))?;
+        remove_file_if_any(&checkpoint_path_for(path, entry), seen)?;
         return Ok(FilePlan::default());
     }
-    let held = match held(path, whole.size, whole.mtime) {
+    let held = match held(path, whole.size, whole.mtime, seen) {
         Ok(h) => h,
         Err(why) => {
-            remove_file_if_any(&checkpoint_path_for(path, entry))?;
+            remove_file_if_any(&checkpoint_path_for(path, entry), seen)?;
             return Ok(FilePlan {
                 reason: why,
                 ..FilePlan::default()
@@ -185,7 +181,10 @@ pub fn plan_piece(
     })
 }
 
-fn remove_file_if_any(p: &Path) -> io::Result<()> {
+fn remove_file_if_any(p: &Path, seen: &mut Listings) -> io::Result<()> {
+    if !seen.may_exist(p) {
+        return Ok(());
+    }
     match fs::remove_file(p) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
@@ -211,7 +210,9 @@ pub fn assemble(path: &Path, entry: &FileEntry) -> io::Result<bool> {
         Ok(_) => {}
     }
     let whole = entry.whole_size();
-    let held = held(path, whole, entry.mtime).map_err(io::Error::other)?;
+    // Read afresh, under the lock: what other pieces wrote a moment ago counts.
+    let mut seen = Listings::new();
+    let held = held(path, whole, entry.mtime, &mut seen).map_err(io::Error::other)?;
     if held.len() < whole {
         return Ok(false);
     }
@@ -222,7 +223,7 @@ pub fn assemble(path: &Path, entry: &FileEntry) -> io::Result<bool> {
         let _ = f.set_permissions(fs::Permissions::from_mode(entry.mode & 0o7777));
     }
     fs::rename(&partial, path)?;
-    remove_checkpoints(path)?;
+    remove_checkpoints(path, &mut seen)?;
     Ok(true)
 }
 
@@ -310,7 +311,7 @@ mod tests {
         ] {
             fs::write(dir.path().join(n), b"").unwrap();
         }
-        let names: Vec<_> = checkpoint_files(&path)
+        let names: Vec<_> = checkpoint_files(&path, &mut Listings::new())
             .unwrap()
             .iter()
             .map(|p| p.file_name().unwrap().to_str().unwrap().to_string())
@@ -332,7 +333,7 @@ mod tests {
         write(&path, Some(0), &ckpt(1000, &[(0, 300)]));
         write(&path, Some(500), &ckpt(1000, &[(500, 1000)]));
         write(&path, None, &ckpt(1000, &[(250, 400)]));
-        let h = held(&path, 1000, (1_700_000_000, 5)).unwrap();
+        let h = held(&path, 1000, (1_700_000_000, 5), &mut Listings::new()).unwrap();
         assert_eq!(h.ranges(), [0..400, 500..1000]);
         assert_eq!(
             piece_share(&h, &piece(1000, 300, 400)).ranges(),
@@ -340,7 +341,7 @@ mod tests {
         );
         // Another size: none of it describes this source.
         write(&path, Some(900), &ckpt(999, &[(900, 999)]));
-        assert!(held(&path, 1000, (1_700_000_000, 5)).is_err());
+        assert!(held(&path, 1000, (1_700_000_000, 5), &mut Listings::new()).is_err());
     }
 
     #[test]
@@ -355,12 +356,19 @@ mod tests {
             level: 2,
             ..Default::default()
         };
-        let plan = plan_piece(&path, &p, 100, policy).unwrap();
+        let plan = plan_piece(&path, &p, 100, policy, &mut Listings::new()).unwrap();
         assert_eq!(plan.action, FileAction::Resume);
         // Piece bytes 0..250 held: blocks 0 and 1 whole, block 2 only half.
         assert_eq!(plan.held, [(0, 2)]);
         // Level 0 sends it all and leaves the others' checkpoints and the partial alone.
-        let plan = plan_piece(&path, &p, 100, ResumePolicy::default()).unwrap();
+        let plan = plan_piece(
+            &path,
+            &p,
+            100,
+            ResumePolicy::default(),
+            &mut Listings::new(),
+        )
+        .unwrap();
         assert_eq!(plan.action, FileAction::Send);
         assert!(piece_checkpoint_path(&path, 0).exists());
         assert!(resume::partial_path(&path).exists());
@@ -385,7 +393,11 @@ mod tests {
         assert_eq!(m.len(), 1000);
         assert_eq!(m.permissions().mode() & 0o777, 0o640);
         assert_eq!(crate::data::mtime_of(&m), (1_700_000_000, 5));
-        assert!(checkpoint_files(&path).unwrap().is_empty());
+        assert!(
+            checkpoint_files(&path, &mut Listings::new())
+                .unwrap()
+                .is_empty()
+        );
         assert!(!resume::partial_path(&path).exists());
     }
 }

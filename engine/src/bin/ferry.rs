@@ -22,6 +22,7 @@ use ferry_engine::control::messages::{FileDigest, Offer, Selection, Steer};
 use ferry_engine::control::{DownloadRequest, ErrorCode, TransferParams, UploadRequest};
 use ferry_engine::data::{self, DataPlane, FileEntry, Role, SessionReport, SessionSpec};
 use ferry_engine::integrity::{Algorithm, Digest};
+use ferry_engine::listing::Listings;
 use ferry_engine::paths::validate_relative;
 use ferry_engine::resume::{self, FileAction, FilePlan, Overwrite, ResumePolicy};
 use ferry_engine::retry::{self, Attempts, OnChange};
@@ -706,7 +707,9 @@ fn collect(sources: &[String]) -> Result<Collected, Failure> {
                 )
             })?
             .to_string();
-        walk(path, &name, &meta, &mut files, &mut locals, &mut dirs)?;
+        // Resolved once here; everything below is opened by a path built from it.
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        walk(&path, &name, &meta, &mut files, &mut locals, &mut dirs)?;
     }
     Ok((files, locals, dirs))
 }
@@ -733,7 +736,12 @@ fn walk(
                 eprintln!("ferry: skipping {}: name is not UTF-8", e.path().display());
                 continue;
             };
-            let m = std::fs::metadata(e.path()).map_err(|err| {
+            // Symbolic links are followed; anything else is described by its directory.
+            let m = match e.file_type() {
+                Ok(t) if !t.is_symlink() => e.metadata(),
+                _ => std::fs::metadata(e.path()),
+            }
+            .map_err(|err| {
                 Failure(
                     ErrorCode::from_io(&err),
                     format!("{}: {err}", e.path().display()),
@@ -749,7 +757,7 @@ fn walk(
             mode: meta.permissions().mode() & 0o7777,
             part: None,
         });
-        locals.push(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()));
+        locals.push(path.to_path_buf());
     } else {
         eprintln!(
             "ferry: skipping {}: not a regular file or directory",
@@ -1610,6 +1618,7 @@ fn plan_download(
     offer: &Offer,
     policy: ResumePolicy,
 ) -> Result<Vec<FilePlan>, (ErrorCode, String)> {
+    let mut seen = Listings::new();
     offer
         .files
         .iter()
@@ -1624,8 +1633,10 @@ fn plan_download(
             let path = dest.join(&f.path);
             let sums = offer.sums.get(i);
             let plan = match f.part {
-                Some(_) => ferry_engine::split::plan_piece(&path, f, offer.block_size, policy),
-                None => resume::plan_file(&path, f, offer.block_size, policy, sums),
+                Some(_) => {
+                    ferry_engine::split::plan_piece(&path, f, offer.block_size, policy, &mut seen)
+                }
+                None => resume::plan_file(&path, f, offer.block_size, policy, sums, &mut seen),
             };
             plan.map_err(|e| {
                 (

@@ -35,7 +35,8 @@ use crate::data::{
     DataPlane, Fallback, FileEntry, Role, SessionHandle, SessionOp, SessionReport, SessionSpec,
 };
 use crate::integrity::Algorithm;
-use crate::paths::{Docroot, PathError, validate_relative};
+use crate::listing::Listings;
+use crate::paths::{Docroot, EntryConfiner, PathError, validate_relative};
 use crate::resume::{Overwrite, ResumePolicy};
 use crate::translog::{self, Start, TransferLog};
 
@@ -1104,6 +1105,7 @@ fn claim_and_plan<S: SessionStarter>(
     req: &UploadRequest,
     block_size: u32,
     policy: ResumePolicy,
+    seen: &mut Listings,
 ) -> Result<Vec<FilePlan>, ErrorMsg> {
     // A piece of a split file is claimed alone: the other pieces belong to other sessions.
     let claimed: Vec<PathBuf> = targets
@@ -1137,8 +1139,8 @@ fn claim_and_plan<S: SessionStarter>(
         .map(|(i, (path, f))| {
             let sums = req.sums.get(i);
             let plan = match f.part {
-                Some(_) => crate::split::plan_piece(path, f, block_size, policy),
-                None => crate::resume::plan_file(path, f, block_size, policy, sums),
+                Some(_) => crate::split::plan_piece(path, f, block_size, policy, seen),
+                None => crate::resume::plan_file(path, f, block_size, policy, sums, seen),
             };
             plan.map_err(|e| {
                 ErrorMsg::new(
@@ -1201,50 +1203,56 @@ fn prepare_upload<S: SessionStarter>(
         Err(e) => return Err(io_error("cannot use the destination", &shown, &e)),
     }
 
+    // Each directory is listed once: new files cost no lookups of their own.
+    let mut seen = Listings::new();
+    let mut entries = EntryConfiner::new(&root, &req.dest);
     let mut made: HashSet<PathBuf> = HashSet::new();
     made.insert(dest.clone());
-    let mut make_dir = |path: &Path| -> Result<(), ErrorMsg> {
+    let mut make_dir = |path: &Path, seen: &mut Listings| -> Result<(), ErrorMsg> {
         if made.contains(path) {
             return Ok(());
         }
         fs::create_dir_all(path)
             .map_err(|e| io_error("cannot create the directory", &root.display(path), &e))?;
+        seen.created(path);
         made.insert(path.to_path_buf());
         Ok(())
     };
     for d in &req.dirs {
-        let path = root.confine_entry(&req.dest, d).map_err(path_error)?;
-        make_dir(&path)?;
+        let path = entries.confine(d, &mut seen).map_err(path_error)?;
+        make_dir(&path, &mut seen)?;
     }
-    let mut seen = HashSet::new();
+    let mut unique = HashSet::new();
     let mut targets = Vec::with_capacity(req.files.len());
     for f in &req.files {
-        let path = root.confine_entry(&req.dest, &f.path).map_err(path_error)?;
+        let path = entries.confine(&f.path, &mut seen).map_err(path_error)?;
         if !f.part_is_valid() {
             return Err(ErrorMsg::new(
                 ErrorCode::BadRequest,
                 format!("{:?}: the piece lies outside the file", f.path),
             ));
         }
-        if !seen.insert(f.path.as_str()) {
+        if !unique.insert(f.path.as_str()) {
             return Err(ErrorMsg::new(
                 ErrorCode::BadRequest,
                 format!("{:?} is listed twice", f.path),
             ));
         }
-        if path.is_dir() {
+        if seen.may_exist(&path) && path.is_dir() {
             return Err(ErrorMsg::new(
                 ErrorCode::Io,
                 format!("{} is a directory on the server", root.display(&path)),
             ));
         }
         if let Some(parent) = path.parent() {
-            make_dir(parent)?;
+            make_dir(parent, &mut seen)?;
         }
         targets.push(path);
     }
-    let plans = claim_and_plan(shared, session, &targets, &req, block_size, resume)
-        .inspect_err(|_| shared.claims.release(session))?;
+    let plans = claim_and_plan(
+        shared, session, &targets, &req, block_size, resume, &mut seen,
+    )
+    .inspect_err(|_| shared.claims.release(session))?;
     for ((path, f), plan) in targets.iter().zip(&req.files).zip(&plans) {
         if plan.action == crate::resume::FileAction::Skip {
             continue;

@@ -1,28 +1,43 @@
-//! Directory listings, each read once per request.
+//! Directory listings, each read at most once per request.
 //!
 //! Planning a received file looks for things that are usually not there: the file itself,
 //! its `NAME.partial`, the partial's checkpoint and the checkpoints of split pieces. Asked
 //! name by name, that is a handful of failed lookups per file, each walking the whole path
 //! again; and finding piece checkpoints read the whole directory once per file, which is
-//! quadratic in the size of a directory. [`Listings`] reads each directory once and
-//! answers "not there" from memory: only a name that is listed costs a lookup.
+//! quadratic in the size of a directory. [`Listings`] reads a directory once a request has
+//! asked about it a few times ([`LIST_AFTER`]; piece checkpoints at once) and then answers
+//! "not there" from memory: only a name that is listed costs a lookup.
 //!
-//! A listing is a snapshot, kept for one request (it lives while a manifest is planned)
-//! and told of what the request itself creates. It only ever saves a lookup that would
-//! have failed: "may exist" still goes to the file system.
+//! A listing is a snapshot. It is kept for one step of one request (confining a manifest,
+//! or planning it once its files are claimed), told of what that step itself creates, and
+//! it only ever saves a lookup that would have failed: "may exist" still goes to the file
+//! system. A directory that cannot be listed, or that matches names without regard to case
+//! (`chattr +F`: `readme` would find `README`, which a listing compared byte for byte would
+//! miss), gets no listing, and every name in it may exist.
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsString;
-use std::fs;
+use std::fs::{self, File};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-/// What one request has read of the directories it touches.
+/// Questions about one directory answered by lookups before it is listed: a request for
+/// one or two files in a large directory never reads all of it.
+pub const LIST_AFTER: u32 = 4;
+
+/// What one request has learnt of the directories it touches.
 #[derive(Debug, Default)]
 pub struct Listings {
-    /// The names in each directory read; `None` where it could not be read (every name
-    /// may then exist).
-    dirs: HashMap<PathBuf, Option<BTreeSet<OsString>>>,
+    dirs: HashMap<PathBuf, Dir>,
+}
+
+#[derive(Debug)]
+enum Dir {
+    /// Asked about this many times, not listed yet.
+    Asked(u32),
+    /// Its names, or `None` where it cannot be listed (every name may then exist).
+    Listed(Option<BTreeSet<OsString>>),
 }
 
 impl Listings {
@@ -31,39 +46,48 @@ impl Listings {
         Self::default()
     }
 
-    /// The names in `dir`, read on first use: empty when `dir` does not exist, `None` when
-    /// it cannot be read.
-    fn names(&mut self, dir: &Path) -> &Option<BTreeSet<OsString>> {
-        self.dirs
-            .entry(dir.to_path_buf())
-            .or_insert_with(|| read_names(dir).ok())
+    /// The names in `dir`, read now if they were not yet.
+    fn listed(&mut self, dir: &Path) -> Option<&BTreeSet<OsString>> {
+        let d = self.dirs.entry(dir.to_path_buf()).or_insert(Dir::Asked(0));
+        if let Dir::Asked(_) = d {
+            *d = Dir::Listed(read_names(dir).ok());
+        }
+        match d {
+            Dir::Listed(names) => names.as_ref(),
+            Dir::Asked(_) => unreachable!("listed above"),
+        }
     }
 
-    /// Whether `path` may exist: `false` only when its directory was read and the name
+    /// Whether `path` may exist: `false` only when its directory was listed and the name
     /// is not in it.
     pub fn may_exist(&mut self, path: &Path) -> bool {
         let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
             return true;
         };
-        match self.names(dir) {
-            Some(names) => names.contains(name),
-            None => true,
+        let d = self.dirs.entry(dir.to_path_buf()).or_insert(Dir::Asked(0));
+        if let Dir::Asked(n) = d {
+            *n += 1;
+            if *n <= LIST_AFTER {
+                return true;
+            }
         }
+        self.listed(dir).is_none_or(|names| names.contains(name))
     }
 
     /// The paths in `dir` whose names start with `prefix`, in name order.
     pub fn starting_with(&mut self, dir: &Path, prefix: &str) -> io::Result<Vec<PathBuf>> {
-        let names = match self.names(dir) {
-            Some(names) => names,
-            // Unreadable when listed: read it now to report why.
-            None => return read_names(dir).map(|_| Vec::new()),
+        let matching = |names: &BTreeSet<OsString>| -> Vec<PathBuf> {
+            names
+                .range(OsString::from(prefix)..)
+                .take_while(|n| n.as_encoded_bytes().starts_with(prefix.as_bytes()))
+                .map(|n| dir.join(n))
+                .collect()
         };
-        let from = OsString::from(prefix);
-        Ok(names
-            .range(from..)
-            .take_while(|n| n.as_encoded_bytes().starts_with(prefix.as_bytes()))
-            .map(|n| dir.join(n))
-            .collect())
+        match self.listed(dir) {
+            Some(names) => Ok(matching(names)),
+            // No listing to keep: read it for this answer alone (or report why not).
+            None => read_names(dir).map(|names| matching(&names)),
+        }
     }
 
     /// Notes that `path` and any of its parents this request made now exist, so that a
@@ -71,7 +95,7 @@ impl Listings {
     pub fn created(&mut self, path: &Path) {
         let mut p = path;
         while let (Some(dir), Some(name)) = (p.parent(), p.file_name()) {
-            if let Some(Some(names)) = self.dirs.get_mut(dir) {
+            if let Some(Dir::Listed(Some(names))) = self.dirs.get_mut(dir) {
                 names.insert(name.to_owned());
             }
             p = dir;
@@ -85,7 +109,8 @@ thread_local! {
     pub(crate) static READS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// The names in `dir`; none if it does not exist.
+/// The names in `dir`; none if it does not exist. A directory that folds case is an
+/// error: its names cannot be compared byte for byte.
 fn read_names(dir: &Path) -> io::Result<BTreeSet<OsString>> {
     #[cfg(test)]
     READS.with(|r| r.set(r.get() + 1));
@@ -94,31 +119,54 @@ fn read_names(dir: &Path) -> io::Result<BTreeSet<OsString>> {
     } else {
         dir
     };
-    match fs::read_dir(dir) {
-        Ok(entries) => entries.map(|e| e.map(|e| e.file_name())).collect(),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-            ) =>
-        {
-            Ok(BTreeSet::new())
-        }
-        Err(e) => Err(e),
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(e) => return Err(e),
+    };
+    if folds_case(dir) {
+        return Err(io::Error::other("the directory folds case"));
     }
+    entries.map(|e| e.map(|e| e.file_name())).collect()
+}
+
+/// Whether `dir` has the case-folding attribute (`FS_CASEFOLD_FL`, ext4 and tmpfs).
+fn folds_case(dir: &Path) -> bool {
+    const FS_CASEFOLD_FL: libc::c_long = 0x4000_0000;
+    let Ok(f) = File::open(dir) else {
+        return false;
+    };
+    let mut flags: libc::c_long = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one long through the pointer, on an open descriptor.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) };
+    r == 0 && flags & FS_CASEFOLD_FL != 0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Asks about `name` in `dir` until the directory is listed.
+    fn listed(seen: &mut Listings, dir: &Path) {
+        for _ in 0..=LIST_AFTER {
+            seen.may_exist(&dir.join("\u{1}probe"));
+        }
+    }
+
     #[test]
     fn absent_names_are_answered_from_one_reading() {
         let tmp = tempfile::tempdir().unwrap();
         fs::write(tmp.path().join("a"), b"").unwrap();
         let mut seen = Listings::new();
-        assert!(seen.may_exist(&tmp.path().join("a")));
+        let before = READS.with(|r| r.get());
+        // The first few questions are left to lookups: nothing is read.
+        for _ in 0..LIST_AFTER {
+            assert!(seen.may_exist(&tmp.path().join("b")));
+        }
+        assert_eq!(READS.with(|r| r.get()), before);
         assert!(!seen.may_exist(&tmp.path().join("b")));
+        assert!(seen.may_exist(&tmp.path().join("a")));
+        assert_eq!(READS.with(|r| r.get()), before + 1);
         // A snapshot: made afterwards by someone else, still denied...
         fs::write(tmp.path().join("b"), b"").unwrap();
         assert!(!seen.may_exist(&tmp.path().join("b")));
@@ -132,12 +180,25 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut seen = Listings::new();
         let deep = tmp.path().join("x/y");
+        listed(&mut seen, &deep);
+        listed(&mut seen, tmp.path());
         assert!(!seen.may_exist(&deep.join("f")));
         assert!(!seen.may_exist(&tmp.path().join("x")));
         fs::create_dir_all(&deep).unwrap();
         seen.created(&deep);
         assert!(seen.may_exist(&tmp.path().join("x")));
         assert!(seen.may_exist(&deep));
+    }
+
+    #[test]
+    fn a_file_where_a_directory_should_be_denies_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("f");
+        fs::write(&file, b"").unwrap();
+        let mut seen = Listings::new();
+        listed(&mut seen, &file);
+        assert!(seen.may_exist(&file.join("x")), "the lookup must say why");
+        assert!(seen.starting_with(&file, "x").is_err());
     }
 
     #[test]
@@ -166,22 +227,5 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn an_unreadable_directory_denies_nothing() {
-        use std::os::unix::fs::PermissionsExt;
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("locked");
-        fs::create_dir(&dir).unwrap();
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o300)).unwrap();
-        let readable = fs::read_dir(&dir).is_ok(); // root reads it anyway
-        let mut seen = Listings::new();
-        assert!(seen.may_exist(&dir.join("anything")) || readable);
-        if !readable {
-            assert!(seen.starting_with(&dir, "a").is_err());
-        }
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
     }
 }

@@ -360,8 +360,12 @@ fn checked(
 pub fn discard_partial(path: &Path, seen: &mut Listings) -> io::Result<()> {
     let mut had_partial = false;
     let ckpt = checkpoint_path(path);
-    for p in [temporary(&ckpt), ckpt, partial_path(path)] {
-        if !seen.may_exist(&p) {
+    let partial = partial_path(path);
+    // Where there may be a partial, its checkpoints are looked for whatever the listing
+    // says: none may outlive it.
+    let all = seen.may_exist(&partial);
+    for p in [temporary(&ckpt), ckpt, partial] {
+        if !all && !seen.may_exist(&p) {
             continue;
         }
         match fs::remove_file(&p) {
@@ -479,6 +483,32 @@ mod tests {
         )
         .unwrap()
         .action
+    }
+
+    /// A checkpoint written after the directory was listed (a session taken over flushing
+    /// its own) still goes with its partial: none may outlive the data it describes.
+    #[test]
+    fn a_checkpoint_the_listing_missed_goes_with_its_partial() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        fs::write(partial_path(&p), b"data").unwrap();
+        let mut seen = Listings::new();
+        for _ in 0..=crate::listing::LIST_AFTER {
+            seen.may_exist(&dir.path().join("other"));
+        }
+        let ckpt = Checkpoint {
+            block_size: 100,
+            size: 4,
+            mtime: (1, 0),
+            bytes: RangeSet::from_ranges(std::iter::once(0..4)),
+        };
+        write_checkpoint(&p, &ckpt).unwrap();
+        discard_partial(&p, &mut seen).unwrap();
+        assert!(!partial_path(&p).exists());
+        assert!(
+            !checkpoint_path(&p).exists(),
+            "the checkpoint outlived its partial"
+        );
     }
 
     /// Replacing every file of a full directory used to list the directory once per file,

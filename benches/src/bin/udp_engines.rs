@@ -61,18 +61,28 @@ fn thread_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// Asks for [`BUFFER`] both ways, as `ferry_io`'s sockets do: the forcing option first
+/// (beyond `rmem_max` with CAP_NET_ADMIN), then the plain one.
 fn set_buffers(fd: &impl AsRawFd) {
-    for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
-        let v = BUFFER as libc::c_int;
-        // SAFETY: setsockopt with a valid int option value on an open socket.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&v as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            );
+    let v = BUFFER as libc::c_int;
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        for opt in [force, plain] {
+            // SAFETY: setsockopt with a valid int option value on an open socket.
+            let r = unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&v as *const libc::c_int).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if r == 0 {
+                break;
+            }
         }
     }
 }
@@ -320,6 +330,12 @@ fn main() {
         .split(',')
         .map(|s| s.trim().parse().expect("a datagram size"))
         .collect();
+    assert!(
+        sizes
+            .iter()
+            .all(|&s| s > MARKER.len() && s <= MAX_GSO_BYTES),
+        "datagram sizes run from 2 to {MAX_GSO_BYTES} bytes"
+    );
     let cores = available_cores();
     let pair = match cores.as_slice() {
         [.., a, b] => (*a, *b),

@@ -707,8 +707,9 @@ fn collect(sources: &[String]) -> Result<Collected, Failure> {
                 )
             })?
             .to_string();
-        // Resolved once here; everything below is opened by a path built from it.
-        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        // Made absolute once here (the sending lanes open `/` + path); everything below is
+        // opened, and named in messages, by a path built from it.
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         walk(&path, &name, &meta, &mut files, &mut locals, &mut dirs)?;
     }
     Ok((files, locals, dirs))

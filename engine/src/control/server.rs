@@ -1105,7 +1105,6 @@ fn claim_and_plan<S: SessionStarter>(
     req: &UploadRequest,
     block_size: u32,
     policy: ResumePolicy,
-    seen: &mut Listings,
 ) -> Result<Vec<FilePlan>, ErrorMsg> {
     // A piece of a split file is claimed alone: the other pieces belong to other sessions.
     let claimed: Vec<PathBuf> = targets
@@ -1132,6 +1131,8 @@ fn claim_and_plan<S: SessionStarter>(
                 ),
             )
         })?;
+    // Listed only now: a session taken over has finished and checkpointed what it held.
+    let mut seen = Listings::new();
     targets
         .iter()
         .zip(&req.files)
@@ -1139,8 +1140,8 @@ fn claim_and_plan<S: SessionStarter>(
         .map(|(i, (path, f))| {
             let sums = req.sums.get(i);
             let plan = match f.part {
-                Some(_) => crate::split::plan_piece(path, f, block_size, policy, seen),
-                None => crate::resume::plan_file(path, f, block_size, policy, sums, seen),
+                Some(_) => crate::split::plan_piece(path, f, block_size, policy, &mut seen),
+                None => crate::resume::plan_file(path, f, block_size, policy, sums, &mut seen),
             };
             plan.map_err(|e| {
                 ErrorMsg::new(
@@ -1203,7 +1204,8 @@ fn prepare_upload<S: SessionStarter>(
         Err(e) => return Err(io_error("cannot use the destination", &shown, &e)),
     }
 
-    // Each directory is listed once: new files cost no lookups of their own.
+    // Each directory is listed once: new files cost no lookups of their own. (Planning,
+    // after the files are claimed, lists afresh.)
     let mut seen = Listings::new();
     let mut entries = EntryConfiner::new(&root, &req.dest);
     let mut made: HashSet<PathBuf> = HashSet::new();
@@ -1249,10 +1251,8 @@ fn prepare_upload<S: SessionStarter>(
         }
         targets.push(path);
     }
-    let plans = claim_and_plan(
-        shared, session, &targets, &req, block_size, resume, &mut seen,
-    )
-    .inspect_err(|_| shared.claims.release(session))?;
+    let plans = claim_and_plan(shared, session, &targets, &req, block_size, resume)
+        .inspect_err(|_| shared.claims.release(session))?;
     for ((path, f), plan) in targets.iter().zip(&req.files).zip(&plans) {
         if plan.action == crate::resume::FileAction::Skip {
             continue;

@@ -146,12 +146,7 @@ fn receive(
             }
         }
         Engine::FerryIo => {
-            let opts = SocketOptions {
-                recv_buffer: BUFFER,
-                send_buffer: BUFFER,
-                ..Default::default()
-            };
-            let s = UdpSocket::bind(LOCAL.parse().unwrap(), &opts).unwrap();
+            let s = ferry_socket();
             s.enable_gro();
             ready.send(s.local_addr().unwrap()).unwrap();
             let mut batch = RecvBatch::new(16);
@@ -229,12 +224,7 @@ fn send(engine: Engine, core: usize, to: SocketAddr, size: usize, secs: Duration
             }
         }
         Engine::FerryIo => {
-            let opts = SocketOptions {
-                recv_buffer: BUFFER,
-                send_buffer: BUFFER,
-                ..Default::default()
-            };
-            let s = UdpSocket::bind(LOCAL.parse().unwrap(), &opts).unwrap();
+            let s = ferry_socket();
             let n = (MAX_GSO_BYTES / size).clamp(1, MAX_GSO_SEGMENTS);
             let iov: Vec<io::IoSlice<'_>> = (0..n).map(|_| io::IoSlice::new(&payload)).collect();
             while start.elapsed() < secs {
@@ -363,4 +353,14 @@ fn main() {
             );
         }
     }
+}
+
+/// A lane's socket (ferry-io) on loopback with the benchmark's buffer sizes.
+fn ferry_socket() -> UdpSocket {
+    let opts = SocketOptions {
+        recv_buffer: BUFFER,
+        send_buffer: BUFFER,
+        ..Default::default()
+    };
+    UdpSocket::bind(LOCAL.parse().unwrap(), &opts).unwrap()
 }

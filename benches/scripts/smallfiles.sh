@@ -5,7 +5,8 @@
 # With PERF=1 the last run of each is recorded (perf record -a) and the CPU of ferryd and
 # of the client is split by the system call (or io_uring worker, or AES) it was spent in,
 # as microseconds per file of the tree and per MiB, so per-file costs show apart from
-# per-byte ones. As root (tmpfs, perf).
+# per-byte ones; KEEP_PERF=DIR keeps the recordings (big.perf, small.perf) there. As root
+# (tmpfs, perf).
 # Usage: benches/scripts/smallfiles.sh [BIN_DIR] [REPS] [BIG_MIB]   (env SESSIONS=3)
 set -euo pipefail
 BIN=$(realpath "${1:-$(dirname "$0")/../../target/release}")
@@ -18,7 +19,7 @@ mount -t tmpfs -o size=$((BIG_MIB * 2 + 1024))m tmpfs "$W"
 cleanup() {
   kill $(jobs -p) 2>/dev/null || true
   wait 2>/dev/null || true
-  cd / && umount "$W" && rmdir "$W"
+  [[ -n ${KEEP_PERF:-} ]] && cp "$W"/*.perf "$KEEP_PERF"/ 2>/dev/null; cd / && umount "$W" && rmdir "$W"
 }
 trap cleanup EXIT
 cd "$W"

@@ -1632,8 +1632,9 @@ impl Session {
     }
 
     /// A datagram from the peer: `from` is its UDP address, `None` through the tunnel. The
-    /// block it brought for the disk, if any, comes back, for the caller to write ([`Session::write_now`] or through the lane's disk queue) and
-    /// then report ([`Session::written`]).
+    /// block it brought for the disk, if any, comes back, for the caller to write
+    /// ([`Session::write_now`] or through the lane's disk queue) and then report
+    /// ([`Session::written`]).
     fn handle_datagram(
         &mut self,
         now: Timestamp,

@@ -40,22 +40,32 @@ enum Dir {
     Listed(Option<BTreeSet<OsString>>),
 }
 
+impl Dir {
+    /// The names in `path` (this directory), read now if they were not yet.
+    fn list(&mut self, path: &Path) -> Option<&BTreeSet<OsString>> {
+        if let Dir::Asked(_) = self {
+            *self = Dir::Listed(read_names(path).ok());
+        }
+        match self {
+            Dir::Listed(names) => names.as_ref(),
+            Dir::Asked(_) => unreachable!("listed above"),
+        }
+    }
+}
+
 impl Listings {
     /// Knows nothing yet.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The names in `dir`, read now if they were not yet.
-    fn listed(&mut self, dir: &Path) -> Option<&BTreeSet<OsString>> {
-        let d = self.dirs.entry(dir.to_path_buf()).or_insert(Dir::Asked(0));
-        if let Dir::Asked(_) = d {
-            *d = Dir::Listed(read_names(dir).ok());
+    /// What is known of `dir`, made known on the first question. Looked up without
+    /// allocating: a request asks this several times for each of its files.
+    fn dir(&mut self, dir: &Path) -> &mut Dir {
+        if !self.dirs.contains_key(dir) {
+            self.dirs.insert(dir.to_path_buf(), Dir::Asked(0));
         }
-        match d {
-            Dir::Listed(names) => names.as_ref(),
-            Dir::Asked(_) => unreachable!("listed above"),
-        }
+        self.dirs.get_mut(dir).expect("inserted above")
     }
 
     /// Whether `path` may exist: `false` only when its directory was listed and the name
@@ -64,14 +74,14 @@ impl Listings {
         let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
             return true;
         };
-        let d = self.dirs.entry(dir.to_path_buf()).or_insert(Dir::Asked(0));
+        let d = self.dir(dir);
         if let Dir::Asked(n) = d {
             *n += 1;
             if *n <= LIST_AFTER {
                 return true;
             }
         }
-        self.listed(dir).is_none_or(|names| names.contains(name))
+        d.list(dir).is_none_or(|names| names.contains(name))
     }
 
     /// The paths in `dir` whose names start with `prefix`, in name order.
@@ -83,7 +93,7 @@ impl Listings {
                 .map(|n| dir.join(n))
                 .collect()
         };
-        match self.listed(dir) {
+        match self.dir(dir).list(dir) {
             Some(names) => Ok(matching(names)),
             // No listing to keep: read it for this answer alone (or report why not).
             None => read_names(dir).map(|names| matching(&names)),

@@ -504,10 +504,15 @@ mod tests {
         };
         write_checkpoint(&p, &ckpt).unwrap();
         discard_partial(&p, &mut seen).unwrap();
-        assert!(!partial_path(&p).exists());
+        assert_discarded(&p, "discarded");
+    }
+
+    /// Neither `NAME.partial` nor its checkpoint is left of the file at `p`.
+    fn assert_discarded(p: &Path, what: &str) {
+        assert!(!partial_path(p).exists(), "{what}: the partial stays");
         assert!(
-            !checkpoint_path(&p).exists(),
-            "the checkpoint outlived its partial"
+            !checkpoint_path(p).exists(),
+            "{what}: the checkpoint outlived its partial"
         );
     }
 
@@ -660,11 +665,7 @@ mod tests {
                 "{what}: {}",
                 plan.reason
             );
-            assert!(!partial_path(&p).exists(), "{what}: the partial stays");
-            assert!(
-                !checkpoint_path(&p).exists(),
-                "{what}: the checkpoint stays"
-            );
+            assert_discarded(&p, what);
         }
     }
 

@@ -1,12 +1,12 @@
 //! The sender's packet buffers and where their blocks come from.
 //!
 //! Where the AES-GCM backend seals out of place in one pass (aws-lc), or blocks are small
-//! (a 1500-byte MTU's), a block of a large file is not read into its slot: the slot points at the block in a mapped window of the
-//! file, and the sender seals it from there into the slot
-//! ([`TxBuffers::slot_and_source`]): one pass over the bytes instead of `pread` and then
-//! sealing in place, or, where the seal copies first (ring, cipher `none`), no system call
-//! per block. Small files, files the kernel will not map, and large blocks where the seal
-//! would copy first anyway are read into the slot ([`map_sources`]).
+//! (a 1500-byte MTU's), a block of a large file is not read into its slot: the slot points
+//! at the block in a mapped window of the file, and the sender seals it from there into
+//! the slot ([`TxBuffers::slot_and_source`]): one pass over the bytes instead of `pread`
+//! and then sealing in place, or, where the seal copies first (ring, cipher `none`), no
+//! system call per block. Small files, files the kernel will not map, and large blocks
+//! where the seal would copy first anyway are read into the slot ([`map_sources`]).
 //!
 //! Windows are [`WINDOW`] bytes of the file (plus one block, so that every block starting
 //! in a window lies wholly inside it), mapped with the pages populated. A few recent ones

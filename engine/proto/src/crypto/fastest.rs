@@ -1,8 +1,9 @@
 //! One AES-GCM type over the hardware backends, dispatching to the one chosen for this
 //! process: which is faster depends on the CPU more than on the library. On a Zen 4 VM
-//! without AVX-512, ring's VAES/AVX2 assembly seals 64 KiB twice as fast as aws-lc's
-//! AES-NI path (7.2 against 3.9 GiB/s, `cargo bench --bench seal`); on one with AVX-512, aws-lc's AVX-512 path is the
-//! faster (11.3 against 7.1 GB/s, `shared/MACHINE.md`). Both compute the same AES-GCM, so
+//! without AVX-512, ring's VAES/AVX2 assembly seals 64 KiB nearly twice as fast as
+//! aws-lc's AES-NI path (7.2 against 3.9 GiB/s, `cargo bench --bench seal`); on one with
+//! AVX-512, aws-lc's AVX-512 path is the faster (11.3 against 7.1 GB/s,
+//! `shared/MACHINE.md`). Both compute the same AES-GCM, so
 //! peers need not agree on the choice.
 //!
 //! The choice is the caller's (the engine measures both once at start, see
